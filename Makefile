@@ -1,0 +1,31 @@
+# dnrt developer entry points. `make test` and `make demo` set up everything they
+# need on a fresh machine: a local virtual environment with the pinned CPU torch.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pinned so that machines with a local CPU wheel of torch use it instead of pulling
+# several GB of CUDA packages; the `export` extra only asks for a range it satisfies.
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: all venv test lint demo plugins capi clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[export,test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check dnrt export runtime tests benchmarks
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,148 @@
+"""The model bundle: what ``export-model -o`` writes and every runtime backend loads.
+
+A bundle is a directory::
+
+    manifest.json        this module's Manifest, as JSON
+    stats.onnx           tiles + collect_params -> image, mean, std      (collect pass)
+    dense.onnx           tiles + nbr_mean + nbr_std -> image             (DenseNorm pass)
+    weights.safetensors  the generator's weights, for the PyTorch backend
+
+Graph I/O (all float32; N, H, W dynamic):
+
+- stats.onnx: ``tiles [N, Cin, H, W]``, ``collect_params [3]`` = (ddof, eps, floor)
+  -> ``image [N, Cout, H, W]``, ``tile_mean [N, L]``, ``tile_std [N, L]``
+- dense.onnx: ``tiles [N, Cin, H, W]``, ``nbr_mean [N, L, 3, 3]``, ``nbr_std [N, L, 3, 3]``
+  -> ``image [N, Cout, H, W]``
+
+``L`` is the sum of every norm layer's channels: layer k owns the slice
+``[offset_k, offset_k + channels_k)`` of the packed statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dnrt.errors import DnrtError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STATS_GRAPH = "stats.onnx"
+DENSE_GRAPH = "dense.onnx"
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One normalization layer of the generator, in forward order."""
+
+    name: str
+    channels: int
+    #: Downsampling factor of this layer's map relative to the network input.
+    stride: int
+    #: First channel of this layer in the packed statistics vector.
+    offset: int
+    affine: bool = False
+    #: Activation fused into the DenseNorm op: "relu" when a ReLU follows, else "none".
+    activation: str = "none"
+
+
+@dataclass
+class Manifest:
+    architecture: str
+    #: Constructor arguments that rebuild the generator from the zoo (empty for custom modules).
+    config: dict[str, Any]
+    in_channels: int
+    out_channels: int
+    layers: list[LayerSpec]
+    tile: int = 512
+    margin: int = 16
+    opset: int = 18
+    dn_eps: float = 1e-7
+    #: Std flavour collected by each mode (dn-semantics.md section 2), for the record.
+    std_flavours: dict[str, str] = field(
+        default_factory=lambda: {
+            "in": "biased, sqrt(var + 1e-5)",
+            "tin": "unbiased, sqrt(var_u + 1e-5)",
+            "kin": "unbiased, sqrt(var_u), floored",
+            "dn": "unbiased, sqrt(var_u), floored; reciprocal 1/(std + dn_eps) interpolated",
+        }
+    )
+    source: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    dnrt_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def total_channels(self) -> int:
+        return sum(layer.channels for layer in self.layers)
+
+    @property
+    def strides(self) -> list[int]:
+        return [layer.stride for layer in self.layers]
+
+    @property
+    def input_multiple(self) -> int:
+        """Network input sizes must be multiples of this (every map even)."""
+        return 2 * max(self.strides, default=1)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["total_channels"] = self.total_channels
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data.pop("total_channels", None)
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DnrtError(f"bundle format version {version!r} is not supported (this dnrt reads {FORMAT_VERSION})")
+        try:
+            data["layers"] = [LayerSpec(**layer) for layer in data["layers"]]
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise DnrtError(f"bundle manifest is malformed: {exc}") from None
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def stats_graph(self) -> Path:
+        return self.path / STATS_GRAPH
+
+    @property
+    def dense_graph(self) -> Path:
+        return self.path / DENSE_GRAPH
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Open a bundle directory and check that it is complete."""
+    path = Path(path)
+    if not path.exists():
+        raise DnrtError(f"model bundle not found: {path}")
+    if not path.is_dir():
+        raise DnrtError(f"{path} is not a model bundle (expected a directory written by export-model)")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise DnrtError(f"{path} is not a model bundle: {MANIFEST} is missing")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DnrtError(f"bundle manifest {manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise DnrtError(f"bundle manifest {manifest_path} is malformed: expected a JSON object")
+    manifest = Manifest.from_dict(data)
+    for name in (STATS_GRAPH, DENSE_GRAPH):
+        if not (path / name).is_file():
+            raise DnrtError(f"model bundle {path} is incomplete: {name} is missing")
+    return Bundle(path=path, manifest=manifest)

@@ -1,0 +1,303 @@
+"""Numpy reference of the normalization math in ``shared/docs/dn-semantics.md``.
+
+Every backend (ONNX Runtime, PyTorch, the CUDA kernel, TensorRT) is tested
+against the functions here, so they are written for clarity and exactness
+(float64 inside), not for speed. Section numbers refer to dn-semantics.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dnrt.errors import DnrtError
+
+#: IN's epsilon; its square root is the floor applied to every KIN/DN std (section 8).
+IN_EPS = 1e-5
+STD_FLOOR_DEFAULT = math.sqrt(IN_EPS)
+#: Added to the std before DN takes its reciprocal (section 4.3).
+DN_EPS = 1e-7
+
+
+class Mode(str, enum.Enum):
+    IN = "in"
+    TIN = "tin"
+    KIN = "kin"
+    DN = "dn"
+
+
+@dataclass(frozen=True)
+class CollectFlavour:
+    """How a tile's own std is computed while statistics are collected (section 2).
+
+    ``std = max(sqrt(sum((x - mu)^2) / (n - ddof) + eps), floor)``
+    """
+
+    ddof: int
+    eps: float
+    floor: float
+
+    def as_array(self) -> np.ndarray:
+        """Packed as the stats graph's ``collect_params`` input: ``[ddof, eps, floor]``."""
+        return np.array([self.ddof, self.eps, self.floor], dtype=np.float32)
+
+
+def collect_flavour(mode: Mode | str, std_floor: float = STD_FLOOR_DEFAULT) -> CollectFlavour:
+    mode = Mode(mode)
+    if std_floor < 0 or not math.isfinite(std_floor):
+        raise DnrtError(f"std floor must be a finite number >= 0, got {std_floor}")
+    if mode is Mode.IN:
+        return CollectFlavour(ddof=0, eps=IN_EPS, floor=0.0)
+    if mode is Mode.TIN:
+        return CollectFlavour(ddof=1, eps=IN_EPS, floor=0.0)
+    # KIN and DN both collect the unbiased std with no epsilon; dnrt floors it (section 8).
+    return CollectFlavour(ddof=1, eps=0.0, floor=std_floor)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def moments(x: np.ndarray, flavour: CollectFlavour) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``x[..., C, h, w]`` in the given flavour (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1] * x.shape[-2]
+    if n - flavour.ddof <= 0:
+        raise DnrtError(f"a {x.shape[-2]}x{x.shape[-1]} map is too small for an unbiased std")
+    mean = x.mean(axis=(-2, -1))
+    centred = x - mean[..., None, None]
+    var = (centred**2).sum(axis=(-2, -1)) / (n - flavour.ddof)
+    std = np.maximum(np.sqrt(var + flavour.eps), flavour.floor)
+    return mean, std
+
+
+def normalize_own(
+    x: np.ndarray,
+    flavour: CollectFlavour,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Collect step: normalize ``x[..., C, h, w]`` with its own statistics, return (y, mean, std)."""
+    mean, std = moments(x, flavour)
+    y = (np.asarray(x, np.float64) - mean[..., None, None]) / std[..., None, None]
+    return _affine(y, gamma, beta), mean, std
+
+
+def _affine(y: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None) -> np.ndarray:
+    if gamma is not None:
+        y = y * np.asarray(gamma, np.float64)[:, None, None]
+    if beta is not None:
+        y = y + np.asarray(beta, np.float64)[:, None, None]
+    return y
+
+
+# --------------------------------------------------------------------------- KIN smoothing
+
+
+def kin_kernel(k: int = 5, kind: str = "constant", sigma: float | None = None) -> np.ndarray:
+    """The ``k x k`` KIN smoothing kernel, weights summing to one (section 3).
+
+    The Gaussian's sigma defaults to the rule OpenCV uses for a kernel of size k,
+    ``0.3 * ((k - 1) / 2 - 1) + 0.8``.
+    """
+    if k < 1 or k % 2 == 0:
+        raise DnrtError(f"KIN kernel size must be a positive odd number, got {k}")
+    if kind == "constant":
+        kernel = np.ones((k, k), dtype=np.float64)
+    elif kind == "gaussian":
+        if sigma is None:
+            sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8
+        if sigma <= 0:
+            raise DnrtError(f"Gaussian sigma must be positive, got {sigma}")
+        offsets = np.arange(k) - (k - 1) / 2
+        g = np.exp(-(offsets**2) / (2 * sigma**2))
+        kernel = np.outer(g, g)
+    else:
+        raise DnrtError(f"unknown KIN kernel type {kind!r} (expected 'constant' or 'gaussian')")
+    return kernel / kernel.sum()
+
+
+def kin_smooth(table: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Smooth a statistics table ``[R, Q, C]`` with ``kernel``, replication-padding the grid."""
+    k = kernel.shape[0]
+    half = k // 2
+    table = np.asarray(table, dtype=np.float64)
+    rows, cols = table.shape[:2]
+    padded = np.pad(table, ((half, half), (half, half), (0, 0)), mode="edge")
+    out = np.zeros_like(table)
+    for i in range(k):
+        for j in range(k):
+            out += kernel[i, j] * padded[i : i + rows, j : j + cols]
+    return out
+
+
+# --------------------------------------------------------------------------- DN neighbourhoods
+
+
+def gather_neighbourhood(table: np.ndarray, r: int, q: int) -> np.ndarray:
+    """The 3x3 neighbourhood ``[C, 3, 3]`` of tile (r, q) from a table ``[R, Q, C]``.
+
+    Replication-padded at the grid border (section 4.1); non-finite entries,
+    per channel, are replaced by the centre value (section 4.2).
+    """
+    rows, cols = table.shape[:2]
+    ri = np.clip(np.arange(r - 1, r + 2), 0, rows - 1)
+    qi = np.clip(np.arange(q - 1, q + 2), 0, cols - 1)
+    nbr = np.asarray(table, dtype=np.float64)[np.ix_(ri, qi)]  # [3, 3, C]
+    nbr = np.moveaxis(nbr, -1, 0)  # [C, 3, 3]
+    centre = np.broadcast_to(nbr[:, 1:2, 1:2], nbr.shape)
+    return np.where(np.isfinite(nbr), nbr, centre)
+
+
+def constant_neighbourhood(values: np.ndarray) -> np.ndarray:
+    """Nine equal entries per channel: how the DN op serves TIN and KIN (section 4.5)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.broadcast_to(values[..., None, None], values.shape + (3, 3)).copy()
+
+
+def std_for_dense_op(sigma: np.ndarray, eps: float = DN_EPS) -> np.ndarray:
+    """The std to feed the DN op so that its ``1/(std + eps)`` is exactly ``1/sigma``.
+
+    TIN and KIN divide by their std with no epsilon; passing ``sigma - eps``
+    makes the shared DenseNorm op compute that same division.
+    """
+    return np.asarray(sigma, dtype=np.float64) - eps
+
+
+def axis_weights(n: int) -> np.ndarray:
+    """Weights ``[n, 3]`` of the previous, own and next tile along one axis (section 4.4).
+
+    Pixel i sits at ``i + 0.5``; the tile centre at ``n / 2``; neighbouring centres
+    ``n`` pixels away (the reference geometry). Rows sum to one.
+    """
+    if n <= 0 or n % 2:
+        raise DnrtError(
+            f"a normalization layer sees a map of size {n}; DN needs even sizes "
+            "(choose tile and margin so every layer's map is even)"
+        )
+    p = np.arange(n, dtype=np.float64) + 0.5
+    d = (p - n / 2) / n
+    before = np.maximum(-d, 0.0)
+    after = np.maximum(d, 0.0)
+    return np.stack([before, 1.0 - before - after, after], axis=1)
+
+
+def interpolate(nbr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Per-pixel values ``[..., h, w]`` from a neighbourhood ``[..., 3, 3]`` (separable form)."""
+    wy = axis_weights(h)
+    wx = axis_weights(w)
+    return np.einsum("ia,...ab,jb->...ij", wy, np.asarray(nbr, np.float64), wx)
+
+
+def dense_normalize(
+    x: np.ndarray,
+    nbr_mean: np.ndarray,
+    nbr_std: np.ndarray,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    eps: float = DN_EPS,
+    activation: str = "none",
+) -> np.ndarray:
+    """The DenseNorm op: ``(x - mu_p) * rinv_p * gamma + beta`` with per-pixel moments.
+
+    ``x`` is ``[..., C, h, w]``; neighbourhoods are ``[..., C, 3, 3]``. The std is
+    interpolated as a reciprocal (section 4.3), never as ``1 / interp(std)``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    h, w = x.shape[-2:]
+    mu = interpolate(nbr_mean, h, w)
+    rinv = interpolate(1.0 / (np.asarray(nbr_std, np.float64) + eps), h, w)
+    y = _affine((x - mu) * rinv, gamma, beta)
+    if activation == "relu":
+        y = np.maximum(y, 0.0)
+    elif activation != "none":
+        raise DnrtError(f"unknown activation {activation!r} (expected 'none' or 'relu')")
+    return y
+
+
+def sanitize_neighbourhood_std(nbr_std: np.ndarray, floor: float = STD_FLOOR_DEFAULT) -> np.ndarray:
+    """Floor a std neighbourhood before its reciprocal is taken (section 8)."""
+    return np.maximum(nbr_std, floor)
+
+
+# --------------------------------------------------------------------------- TIN thumbnail
+
+
+def area_weights(src: int, dst: int) -> np.ndarray:
+    """``[dst, src]`` matrix of box-overlap weights: output pixel i averages input
+    ``[i * src / dst, (i + 1) * src / dst)`` with fractional coverage at the ends.
+
+    For downscaling this is OpenCV's INTER_AREA; it is separable, so a thumbnail
+    can be accumulated band by band without holding the image.
+    """
+    scale = src / dst
+    edges = np.arange(dst + 1, dtype=np.float64) * scale
+    lo, hi = edges[:-1, None], edges[1:, None]
+    px = np.arange(src, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-resize ``image[H, W, ...]`` to ``height x width`` (float64)."""
+    wy = area_weights(image.shape[0], height)
+    wx = area_weights(image.shape[1], width)
+    return np.einsum("iy,yx...,jx->ij...", wy, np.asarray(image, np.float64), wx)
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def to_network(pixels: np.ndarray) -> np.ndarray:
+    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]`` (section 1)."""
+    return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def from_network(y: np.ndarray) -> np.ndarray:
+    """Generator output (tanh range) -> uint8 via ``round(clip((y + 1) / 2, 0, 1) * 255)``."""
+    scaled = np.clip((np.asarray(y, np.float32) + 1) * np.float32(0.5), 0, 1) * np.float32(255)
+    return np.rint(scaled).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def grid_shape(height: int, width: int, tile: int) -> tuple[int, int]:
+    """Rows and columns of tiles: ``ceil(H / T)``, ``ceil(W / T)`` (section 1)."""
+    return -(-height // tile), -(-width // tile)
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer index onto ``[0, n)`` by repeated mirror reflection without
+    repeating the edge pixel (numpy's ``'reflect'``), for padding past the image."""
+    index = np.asarray(index)
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    m = np.mod(index, period)
+    return np.where(m < n, m, period - m)
+
+
+def check_map_sizes(tile: int, margin: int, strides: list[int]) -> list[int]:
+    """Map size of every norm layer for a tile + margin; raise on odd or fractional sizes.
+
+    ``strides`` is each layer's downsampling factor relative to the network input.
+    """
+    if tile <= 0 or margin < 0:
+        raise DnrtError(f"tile must be positive and margin non-negative (got tile={tile}, margin={margin})")
+    if margin >= tile:
+        raise DnrtError(f"margin ({margin}) must be smaller than the tile ({tile}): it is a reflect pad of the tile")
+    size = tile + 2 * margin
+    sizes = []
+    for stride in sorted(set(strides)):
+        if size % stride or (size // stride) % 2:
+            raise DnrtError(
+                f"tile {tile} + 2 x margin {margin} = {size} px gives a {size / stride:g} px map at a layer "
+                f"downsampled {stride}x; DN needs every layer's map even: choose tile + 2*margin divisible "
+                f"by {2 * max(strides)}"
+            )
+    for stride in strides:
+        sizes.append(size // stride)
+    return sizes

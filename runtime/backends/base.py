@@ -1,0 +1,66 @@
+"""The interface every backend offers the scheduler (architecture.md, "Backends").
+
+A backend is a runner in Polygraphy's sense: constructed cheaply, activated as a
+context manager (sessions, engines, streams are created in ``activate``), then
+driven by the scheduler through two calls that mirror the two graphs of a bundle.
+The scheduler never knows which backend it drives.
+"""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+
+import numpy as np
+
+from dnrt.bundle import Bundle
+from dnrt.semantics import CollectFlavour
+
+
+class Backend(abc.ABC):
+    #: Short name used on the command line (``--backend``).
+    name: str = ""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.active = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def activate(self) -> None:
+        self.active = True
+
+    def deactivate(self) -> None:
+        self.active = False
+
+    def __enter__(self) -> Backend:
+        self.activate()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.deactivate()
+
+    def describe(self) -> str:
+        """One line for logs and benchmark output: which library, which device."""
+        return self.name
+
+    # -- the two passes ----------------------------------------------------------------
+    @abc.abstractmethod
+    def collect(
+        self, tiles: np.ndarray, flavour: CollectFlavour
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the stats graph on ``tiles [N, Cin, S, S]`` float32.
+
+        Returns ``(image [N, Cout, S, S], mean [N, L], std [N, L])``, all float32;
+        every norm layer normalized with the tile's own statistics in ``flavour``.
+        """
+
+    @abc.abstractmethod
+    def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
+        """Run the DenseNorm graph: ``nbr_mean``/``nbr_std`` are ``[N, L, 3, 3]`` float32
+        (already sanitized and floored). Returns ``image [N, Cout, S, S]`` float32."""

@@ -1,0 +1,196 @@
+"""Command-line entry points: ``dnrt`` (a group) and ``export-model``.
+
+Every command runs inside :func:`run_cli`, which turns a DnrtError into one line
+on stderr and a non-zero exit, and never shows a traceback unless DNRT_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dnrt import __version__
+from dnrt.errors import DnrtError
+
+DEBUG_ENV = "DNRT_DEBUG"
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class DnrtGroup(click.Group):
+    """A click group whose commands report errors as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return guarded(lambda: super(DnrtGroup, self).invoke(ctx))
+
+
+class DnrtCommand(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        return guarded(lambda: super(DnrtCommand, self).invoke(ctx))
+
+
+def guarded(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+        raise
+    except DnrtError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        fail(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except MemoryError:
+        fail("out of memory (try a smaller --batch)")
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        fail(f"internal error: {type(exc).__name__}: {first} (set {DEBUG_ENV}=1 for a traceback)")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    decorators = [
+        click.argument("checkpoint", type=click.Path(path_type=Path)),
+        click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+                     help="Bundle directory to write (what trt-translate --model takes)."),
+        click.option("--arch", default=None,
+                     help="Architecture (official, cyclegan, cut); detected from the keys if omitted."),
+        click.option("--key", default=None, help="Entry of a wrapped checkpoint holding the generator (e.g. G_A)."),
+        click.option("--tile", default=512, show_default=True, type=click.IntRange(min=8), help="Tile size T."),
+        click.option("--margin", default=16, show_default=True, type=click.IntRange(min=0), help="Margin M."),
+        click.option("--opset", default=19, show_default=True, type=click.IntRange(min=1), help="ONNX opset (>= 19)."),
+        click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing bundle."),
+        click.option("--quiet", is_flag=True, help="Print nothing but errors."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON summary."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _run_export(checkpoint: Path, output: Path, arch: str | None, key: str | None, tile: int, margin: int,
+                opset: int, no_validate: bool, overwrite: bool, quiet: bool, as_json: bool) -> None:
+    if not checkpoint.exists():
+        raise DnrtError(f"checkpoint not found: {checkpoint}")
+    try:
+        from dnrt.export import export_checkpoint
+    except ImportError as exc:
+        raise DnrtError(f"export needs PyTorch and onnx: pip install 'dnrt[export]' ({exc.name} is missing)") from None
+
+    def log(message: str) -> None:
+        if not quiet and not as_json:
+            click.echo(message, err=True)
+
+    result = export_checkpoint(checkpoint, output, arch=arch, key=key, tile=tile, margin=margin, opset=opset,
+                               validate=not no_validate, overwrite=overwrite, log=log)
+    m = result.manifest
+    if as_json:
+        summary = {
+            "bundle": str(result.path),
+            "architecture": m.architecture,
+            "config": m.config,
+            "dense_norm_nodes": len(m.layers),
+            "channels": m.total_channels,
+            "tile": m.tile,
+            "margin": m.margin,
+            "validation": None if result.validation is None else {
+                "stats_image": result.validation.stats_image,
+                "stats_moments": result.validation.stats_moments,
+                "dense_image": result.validation.dense_image,
+                "tile_size": result.validation.tile_size,
+            },
+        }
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        click.echo(f"wrote {result.path}: {m.architecture}, {len(m.layers)} DenseNorm layers, "
+                   f"tile {m.tile} + margin {m.margin}")
+
+
+@click.command("export-model", cls=DnrtCommand)
+@_export_options
+def export_model_command(**kwargs: Any) -> None:
+    """Export a trained generator CHECKPOINT to a dnrt model bundle."""
+    _run_export(**kwargs)
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group(cls=DnrtGroup)
+@click.version_option(__version__, prog_name="dnrt")
+def main() -> None:
+    """dnrt: Dense Normalization runtime for ultra-high-resolution image translation."""
+
+
+@main.command("export", cls=DnrtCommand)
+@_export_options
+def export_command(**kwargs: Any) -> None:
+    """Export a trained generator CHECKPOINT to a dnrt model bundle (same as export-model)."""
+    _run_export(**kwargs)
+
+
+@main.command("info", cls=DnrtCommand)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def info_command(model: Path, as_json: bool) -> None:
+    """Describe a model bundle: architecture, layers, tile geometry, provenance."""
+    from dnrt.bundle import load_bundle
+    from dnrt.semantics import check_map_sizes
+
+    bundle = load_bundle(model)
+    m = bundle.manifest
+    if as_json:
+        click.echo(m.to_json(), nl=False)
+        return
+    sizes = check_map_sizes(m.tile, m.margin, m.strides) if m.layers else []
+    click.echo(f"bundle        {bundle.path}")
+    click.echo(f"architecture  {m.architecture} {json.dumps(m.config)}")
+    click.echo(f"channels      {m.in_channels} in, {m.out_channels} out")
+    click.echo(f"tile          {m.tile} + margin {m.margin} (network input {m.tile + 2 * m.margin} px)")
+    click.echo(f"norm layers   {len(m.layers)} ({m.total_channels} channels of statistics)")
+    for layer, size in zip(m.layers, sizes, strict=False):
+        fused = " +relu" if layer.activation == "relu" else ""
+        affine = " affine" if layer.affine else ""
+        click.echo(f"  {layer.name:<40} {layer.channels:>5} ch  map {size:>4} px{affine}{fused}")
+    if m.source:
+        click.echo(f"source        {m.source.get('path')} sha256 {m.source.get('sha256')}")
+    for note in m.notes:
+        click.echo(f"note          {note}")
+    click.echo(f"dnrt          {m.dnrt_version} (bundle format {m.format_version}, opset {m.opset})")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live with the runtime, added when their modules exist."""
+    try:
+        from dnrt.runtime.cli import translate_command
+    except ImportError:
+        return
+    main.add_command(translate_command, "translate")
+
+
+_register_optional_commands()
+
+
+def export_model_main() -> None:
+    export_model_command()
+
+
+def trt_translate_main() -> None:
+    from dnrt.runtime.cli import translate_command
+
+    translate_command()

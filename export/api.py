@@ -1,0 +1,131 @@
+"""Export entry points: a checkpoint file or a live nn.Module in, a model bundle out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
+from dnrt.export.normswap import DnrtModel, convert
+from dnrt.export.op_schema import DEFAULT_OPSET
+from torch import nn
+
+from dnrt.bundle import Manifest
+from dnrt.errors import DnrtError
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: Manifest
+    validation: ValidationResult | None
+
+
+def _out_channels(module: nn.Module, in_channels: int) -> int:
+    with torch.no_grad():
+        probe = module(torch.zeros(1, in_channels, 64, 64))
+    return int(probe.shape[1])
+
+
+def export_module(
+    module: nn.Module,
+    out: str | Path,
+    *,
+    architecture: str = "custom",
+    config: dict | None = None,
+    in_channels: int | None = None,
+    tile: int = 512,
+    margin: int = 16,
+    opset: int = DEFAULT_OPSET,
+    source: dict | None = None,
+    notes: list[str] | None = None,
+    validate: bool = True,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Convert ``module`` (any generator with InstanceNorm2d layers) and write a bundle.
+
+    The module's own weights are saved; the PyTorch backend can rebuild it only for
+    zoo architectures (``config`` given), other bundles run on ONNX Runtime/TensorRT.
+    """
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    state_dict = {k: v.clone() for k, v in module.state_dict().items()}
+    model: DnrtModel = convert(module, in_channels)
+    in_ch = in_channels or _first_in_channels(model)
+    manifest = Manifest(
+        architecture=architecture,
+        config=dict(config or {}),
+        in_channels=in_ch,
+        out_channels=_out_channels_collect(model, in_ch),
+        layers=model.layers,
+        tile=tile,
+        margin=margin,
+        opset=opset,
+        source=dict(source or {}),
+        notes=list(notes or []),
+    )
+    manifest, validation = write_bundle(
+        model, out, manifest=manifest, state_dict=state_dict, validate=validate, overwrite=overwrite, log=log
+    )
+    return ExportResult(out, manifest, validation)
+
+
+def _first_in_channels(model: DnrtModel) -> int:
+    for layer in model.generator.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            return layer.in_channels
+    raise DnrtError("cannot tell the generator's input channels")
+
+
+def _out_channels_collect(model: DnrtModel, in_channels: int) -> int:
+    params = torch.tensor([0.0, 1e-5, 0.0])
+    with torch.no_grad():
+        image, _, _ = model.collect(torch.zeros(1, in_channels, 64, 64), params)
+    return int(image.shape[1])
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    key: str | None = None,
+    tile: int = 512,
+    margin: int = 16,
+    opset: int = DEFAULT_OPSET,
+    validate: bool = True,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Load a trained generator checkpoint (safely), swap its norms, write a bundle."""
+    from dnrt.export.checkpoint import load_generator
+
+    check_output_dir(Path(out), overwrite)
+    module, name, config, info = load_generator(checkpoint, arch=arch, key=key)
+    log(f"loaded {Path(checkpoint).name}: architecture {name} {config}")
+    for note in info.notes:
+        log(f"note: {note}")
+    source = {
+        "path": str(Path(checkpoint).name),
+        "sha256": info.sha256,
+        "format": info.format,
+        "key": info.key,
+    }
+    return export_module(
+        module,
+        out,
+        architecture=name,
+        config=config,
+        in_channels=int(config.get("in_channels", 0)) or None,
+        tile=tile,
+        margin=margin,
+        opset=opset,
+        source=source,
+        notes=info.notes,
+        validate=validate,
+        overwrite=overwrite,
+        log=log,
+    )

@@ -1,0 +1,145 @@
+"""dnrt's normalization layer for PyTorch, and the ``dnrt::dense_norm`` custom op.
+
+A generator whose ``nn.InstanceNorm2d`` layers are swapped for :class:`DenseNorm2d`
+runs in one of two modes, set on the whole model by :class:`NormContext`:
+
+- *collect*: each sample is normalized with its own statistics in a flavour
+  ``(ddof, eps, floor)`` given as a tensor, and the mean/std are recorded. This is
+  the stats graph; with IN's flavour its image output is patch-wise IN.
+- *apply*: each sample is normalized with per-pixel moments interpolated from a
+  3x3 neighbourhood of tile statistics (the DenseNorm op). This is the DN graph;
+  TIN and KIN feed it constant neighbourhoods.
+
+The apply step is a ``torch.library.custom_op`` so that ONNX export emits it as
+one node (domain ``dnrt``) instead of tracing through its arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dnrt.semantics import DN_EPS
+
+# --------------------------------------------------------------------------- the op
+
+
+def axis_weights(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[n, 3]`` weights of the previous/own/next tile along one axis (dn-semantics 4.4)."""
+    p = torch.arange(n, device=device, dtype=dtype) + 0.5
+    d = (p - n / 2) / n
+    before = torch.clamp(-d, min=0)
+    after = torch.clamp(d, min=0)
+    return torch.stack([before, 1 - before - after, after], dim=1)
+
+
+def dense_norm_reference(
+    x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
+) -> Tensor:
+    """Eager implementation of DenseNorm: separable interpolation of mean and 1/(std+eps)."""
+    n, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"DenseNorm needs even map sizes, got {h}x{w}")
+    wy = axis_weights(h, x.device)
+    wx = axis_weights(w, x.device)
+    # [h,3] @ [N,C,3,3] @ [3,w] -> [N,C,h,w]; the same contraction the ONNX body uses.
+    mu = wy @ mean.float() @ wx.T
+    rinv = wy @ (1.0 / (std.float() + eps)) @ wx.T
+    y = (x.float() - mu) * rinv * gamma.view(1, c, 1, 1) + beta.view(1, c, 1, 1)
+    if activation == "relu":
+        y = torch.relu(y)
+    return y.to(x.dtype)
+
+
+@torch.library.custom_op("dnrt::dense_norm", mutates_args=())
+def dense_norm(
+    x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
+) -> Tensor:
+    """DenseNorm: ``x [N,C,H,W]``, ``mean/std [N,C,3,3]``, ``gamma/beta [C]`` -> ``[N,C,H,W]``."""
+    return dense_norm_reference(x, mean, std, gamma, beta, eps, activation)
+
+
+@dense_norm.register_fake
+def _dense_norm_fake(
+    x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
+) -> Tensor:
+    return torch.empty_like(x)
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+class NormContext:
+    """Shared per-forward state of every DenseNorm2d in one model.
+
+    Kept outside the layers' parameters so the same module runs both graphs; the
+    exporter traces each mode separately.
+    """
+
+    def __init__(self) -> None:
+        self.mode = "collect"
+        self.collect_params: Tensor | None = None
+        self.nbr_mean: Tensor | None = None
+        self.nbr_std: Tensor | None = None
+        self.means: list[Tensor] = []
+        self.stds: list[Tensor] = []
+
+
+class DenseNorm2d(nn.Module):
+    """Replacement for ``nn.InstanceNorm2d`` that collects or applies tile statistics."""
+
+    def __init__(
+        self,
+        channels: int,
+        context: NormContext,
+        index: int,
+        offset: int,
+        gamma: Tensor | None = None,
+        beta: Tensor | None = None,
+        activation: str = "none",
+        eps: float = DN_EPS,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.index = index
+        self.offset = offset
+        self.activation = activation
+        self.eps = eps
+        self.affine = gamma is not None
+        # Non-affine layers get identity parameters so the op always has five inputs.
+        self.register_buffer("gamma", gamma.detach().clone() if gamma is not None else torch.ones(channels))
+        self.register_buffer("beta", beta.detach().clone() if beta is not None else torch.zeros(channels))
+        # A plain attribute (not a submodule) so the context is shared, not copied.
+        object.__setattr__(self, "context", context)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, index={self.index}, offset={self.offset}, activation={self.activation}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        ctx: NormContext = self.context  # type: ignore[assignment]
+        if ctx.mode == "collect":
+            return self._collect(x, ctx)
+        return self._apply(x, ctx)
+
+    def _collect(self, x: Tensor, ctx: NormContext) -> Tensor:
+        params = ctx.collect_params
+        assert params is not None, "collect mode needs collect_params"
+        ddof, eps, floor = params[0], params[1], params[2]
+        h, w = x.shape[-2], x.shape[-1]
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        centred = x - mean
+        var = (centred * centred).sum(dim=(2, 3), keepdim=True) / (h * w - ddof)
+        std = torch.maximum(torch.sqrt(var + eps), floor)
+        y = centred / std * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
+        if self.activation == "relu":
+            y = torch.relu(y)
+        ctx.means.append(mean.flatten(1))
+        ctx.stds.append(std.flatten(1))
+        return y
+
+    def _apply(self, x: Tensor, ctx: NormContext) -> Tensor:
+        assert ctx.nbr_mean is not None and ctx.nbr_std is not None, "apply mode needs neighbourhoods"
+        sl = slice(self.offset, self.offset + self.channels)
+        return dense_norm(
+            x, ctx.nbr_mean[:, sl], ctx.nbr_std[:, sl], self.gamma, self.beta, self.eps, self.activation
+        )

@@ -1,0 +1,166 @@
+"""Turn any generator with ``nn.InstanceNorm2d`` layers into a two-mode dnrt model.
+
+``convert(module)`` swaps every InstanceNorm2d for :class:`DenseNorm2d` (affine
+parameters kept), fuses a ReLU that directly follows a norm layer in the same
+``nn.Sequential`` into it, and probes the model once to learn each layer's map
+stride and the order in which the forward pass reaches the layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from dnrt.export.norm import DenseNorm2d, NormContext
+from torch import Tensor, nn
+
+from dnrt.bundle import LayerSpec
+from dnrt.errors import DnrtError
+
+#: Probe input size: divisible by 64, so generators with up to 5 downsamplings pass it.
+PROBE_SIZE = 128
+
+
+@dataclass
+class _Swap:
+    parent: nn.Module
+    attr: str
+    norm: nn.InstanceNorm2d
+    relu: tuple[nn.Module, str] | None
+
+
+class DnrtModel(nn.Module):
+    """A generator whose norm layers are DenseNorm2d, with the two passes of a bundle."""
+
+    def __init__(self, generator: nn.Module, context: NormContext, layers: list[LayerSpec]) -> None:
+        super().__init__()
+        self.generator = generator
+        self.layers = layers
+        object.__setattr__(self, "context", context)
+
+    @property
+    def total_channels(self) -> int:
+        return sum(layer.channels for layer in self.layers)
+
+    def collect(self, tiles: Tensor, collect_params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalize with each tile's own statistics; return image, mean [N, L], std [N, L]."""
+        ctx: NormContext = self.context  # type: ignore[assignment]
+        ctx.mode, ctx.collect_params = "collect", collect_params
+        ctx.means, ctx.stds = [], []
+        try:
+            image = self.generator(tiles)
+            if not ctx.means:  # a generator without norm layers (e.g. batch-norm folded)
+                empty = tiles.new_zeros((tiles.shape[0], 0))
+                return image, empty, empty
+            return image, torch.cat(ctx.means, dim=1), torch.cat(ctx.stds, dim=1)
+        finally:
+            ctx.means, ctx.stds, ctx.collect_params = [], [], None
+
+    def apply(self, tiles: Tensor, nbr_mean: Tensor, nbr_std: Tensor) -> Tensor:
+        """Normalize every pixel with moments interpolated from ``[N, L, 3, 3]`` neighbourhoods."""
+        ctx: NormContext = self.context  # type: ignore[assignment]
+        ctx.mode, ctx.nbr_mean, ctx.nbr_std = "apply", nbr_mean, nbr_std
+        try:
+            return self.generator(tiles)
+        finally:
+            ctx.nbr_mean = ctx.nbr_std = None
+            ctx.mode = "collect"
+
+
+def _find_swaps(module: nn.Module) -> list[_Swap]:
+    swaps: list[_Swap] = []
+    for parent in module.modules():
+        children = list(parent.named_children())
+        for i, (attr, child) in enumerate(children):
+            if not isinstance(child, nn.InstanceNorm2d):
+                continue
+            relu = None
+            # Fuse only a ReLU that is the very next step of the same Sequential:
+            # anywhere else the forward may use the norm's output before the ReLU.
+            if isinstance(parent, nn.Sequential) and i + 1 < len(children):
+                next_attr, next_child = children[i + 1]
+                if type(next_child) is nn.ReLU:
+                    relu = (parent, next_attr)
+            swaps.append(_Swap(parent, attr, child, relu))
+    return swaps
+
+
+def _probe(module: nn.Module, norms: list[nn.InstanceNorm2d], in_channels: int) -> tuple[list[int], list[int]]:
+    """Run one forward pass; return the call order of ``norms`` and each one's stride."""
+    order: list[int] = []
+    strides: dict[int, int] = {}
+    index_of = {id(norm): i for i, norm in enumerate(norms)}
+
+    def hook(mod: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        i = index_of[id(mod)]
+        if i in strides:
+            raise DnrtError(f"norm layer {i} is called twice in one forward pass; dnrt needs each layer used once")
+        h, w = inputs[0].shape[-2:]
+        if PROBE_SIZE % h or PROBE_SIZE % w or h != w:
+            raise DnrtError(f"a norm layer sees a {h}x{w} map for a {PROBE_SIZE} px input; dnrt supports "
+                            "generators whose maps are the input downsampled by integer factors")
+        strides[i] = PROBE_SIZE // h
+        order.append(i)
+
+    handles = [norm.register_forward_pre_hook(hook) for norm in norms]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, in_channels, PROBE_SIZE, PROBE_SIZE))
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [i for i in range(len(norms)) if i not in strides]
+    if missing:
+        raise DnrtError(f"{len(missing)} InstanceNorm2d layer(s) are never called by the forward pass")
+    return order, [strides[i] for i in order]
+
+
+def _infer_in_channels(module: nn.Module) -> int:
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            return layer.in_channels
+    raise DnrtError("cannot tell the generator's input channels: it has no convolution")
+
+
+def convert(module: nn.Module, in_channels: int | None = None) -> DnrtModel:
+    """Swap ``module``'s InstanceNorm2d layers for DenseNorm2d and wrap it as a DnrtModel.
+
+    The module is modified in place and put in eval mode.
+    """
+    module = module.eval()
+    if in_channels is None:
+        in_channels = _infer_in_channels(module)
+    swaps = _find_swaps(module)
+    for swap in swaps:
+        if swap.norm.track_running_stats:
+            raise DnrtError(
+                f"{swap.attr}: InstanceNorm2d with track_running_stats=True uses running statistics at "
+                "inference, not instance statistics; dnrt cannot apply tile statistics to it"
+            )
+    norms = [swap.norm for swap in swaps]
+    order, strides = _probe(module, norms, in_channels) if norms else ([], [])
+
+    context = NormContext()
+    layers: list[LayerSpec] = []
+    offset = 0
+    for position, (i, stride) in enumerate(zip(order, strides, strict=True)):
+        swap = swaps[i]
+        norm = swap.norm
+        gamma = norm.weight if norm.affine else None
+        beta = norm.bias if norm.affine else None
+        activation = "relu" if swap.relu is not None else "none"
+        dense = DenseNorm2d(norm.num_features, context, position, offset, gamma, beta, activation)
+        setattr(swap.parent, swap.attr, dense)
+        if swap.relu is not None:
+            setattr(swap.relu[0], swap.relu[1], nn.Identity())
+        name = _qualified_name(module, norm, dense)
+        layers.append(LayerSpec(name, norm.num_features, stride, offset, norm.affine, activation))
+        offset += norm.num_features
+    return DnrtModel(module, context, layers).eval()
+
+
+def _qualified_name(root: nn.Module, old: nn.Module, new: nn.Module) -> str:
+    for name, mod in root.named_modules():
+        if mod is new:
+            return name
+    return type(old).__name__

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
-from dnrt.export.normswap import DnrtModel, convert
-from dnrt.export.op_schema import DEFAULT_OPSET
 from torch import nn
 
 from dnrt.bundle import Manifest
 from dnrt.errors import DnrtError
+from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
+from dnrt.export.normswap import DnrtModel, convert
+from dnrt.export.op_schema import DEFAULT_OPSET
 
 
 @dataclass

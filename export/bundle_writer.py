@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from dnrt.export.normswap import DnrtModel
-from dnrt.export.onnx_export import export_dense_graph, export_stats_graph
-from dnrt.export.op_schema import DEFAULT_OPSET, MIN_OPSET
 
 import dnrt
 from dnrt.bundle import DENSE_GRAPH, MANIFEST, STATS_GRAPH, WEIGHTS, Manifest
 from dnrt.errors import DnrtError
+from dnrt.export.normswap import DnrtModel
+from dnrt.export.onnx_export import export_dense_graph, export_stats_graph
+from dnrt.export.op_schema import DEFAULT_OPSET, MIN_OPSET
 from dnrt.semantics import check_map_sizes, collect_flavour
 
 #: Largest |ORT - PyTorch| an fp32 export may show (issue 2).

@@ -126,6 +126,9 @@ class DenseNorm2d(nn.Module):
         assert params is not None, "collect mode needs collect_params"
         ddof, eps, floor = params[0], params[1], params[2]
         h, w = x.shape[-2], x.shape[-1]
+        # Statistics are float32 whatever the activation type (fp16 would lose the variance).
+        out_dtype = x.dtype
+        x = x.float()
         mean = x.mean(dim=(2, 3), keepdim=True)
         centred = x - mean
         var = (centred * centred).sum(dim=(2, 3), keepdim=True) / (h * w - ddof)
@@ -135,7 +138,7 @@ class DenseNorm2d(nn.Module):
             y = torch.relu(y)
         ctx.means.append(mean.flatten(1))
         ctx.stds.append(std.flatten(1))
-        return y
+        return y.to(out_dtype)
 
     def _apply(self, x: Tensor, ctx: NormContext) -> Tensor:
         assert ctx.nbr_mean is not None and ctx.nbr_std is not None, "apply mode needs neighbourhoods"

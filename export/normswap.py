@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from dnrt.export.norm import DenseNorm2d, NormContext
 from torch import Tensor, nn
 
 from dnrt.bundle import LayerSpec
 from dnrt.errors import DnrtError
+from dnrt.export.norm import DenseNorm2d, NormContext
 
 #: Probe input size: divisible by 64, so generators with up to 5 downsamplings pass it.
 PROBE_SIZE = 128

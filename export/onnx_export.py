@@ -10,12 +10,12 @@ from pathlib import Path
 
 import onnx
 import torch
-from dnrt.export.norm import dense_norm
-from dnrt.export.normswap import DnrtModel
-from dnrt.export.op_schema import DOMAIN, OP_TYPE, OP_VERSION, attach_function, register_schema
 from torch import Tensor, nn
 
 from dnrt.errors import DnrtError
+from dnrt.export.norm import dense_norm
+from dnrt.export.normswap import DnrtModel
+from dnrt.export.op_schema import DOMAIN, OP_TYPE, OP_VERSION, attach_function, register_schema
 
 
 class _StatsGraph(nn.Module):

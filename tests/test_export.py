@@ -10,9 +10,6 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from dnrt.export import export_module  # noqa: E402
-from dnrt.export.onnx_export import count_dense_nodes  # noqa: E402
-from dnrt.export.op_schema import DOMAIN, attach_function, register_schema  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_models import small_generator  # noqa: E402
@@ -20,6 +17,9 @@ from torch_models import small_generator  # noqa: E402
 from dnrt import semantics as S  # noqa: E402
 from dnrt.bundle import load_bundle  # noqa: E402
 from dnrt.errors import DnrtError  # noqa: E402
+from dnrt.export import export_module  # noqa: E402
+from dnrt.export.onnx_export import count_dense_nodes  # noqa: E402
+from dnrt.export.op_schema import DOMAIN, attach_function, register_schema  # noqa: E402
 
 
 def single_op_model(activation: str, dtype: int) -> bytes:

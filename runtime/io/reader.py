@@ -1,0 +1,300 @@
+"""Opening input images: the :class:`ImageSource` interface, format dispatch and the Pillow path.
+
+TIFF-family files (TIFF, BigTIFF, SVS, OME-TIFF) are recognised by their magic bytes, never by
+suffix, and are read region by region without loading the image (:mod:`.tiffsource`). Every
+other format goes through Pillow and is decoded whole, which is why it is limited to
+:data:`MAX_PILLOW_PIXELS`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from dnrt.errors import DnrtError
+from dnrt.runtime.io.convert import check_sample_dtype, to_uint8
+
+#: Formats decoded whole in memory are refused above this size (PNG/JPEG that large should be a
+#: tiled TIFF: the runtime streams TIFFs, but Pillow can only hand over the whole image).
+MAX_PILLOW_PIXELS = 1_000_000_000
+
+#: Decoded TIFF segments are cached for reuse. The runtime reads tiles with a margin, so each
+#: stored tile row is touched by two consecutive rows of runtime tiles; by default (None) the
+#: cache keeps two rows of stored segments (plus 8 MB), which is what that pattern needs.
+DEFAULT_CACHE_BYTES: int | None = None
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PIL_LOCK = threading.Lock()
+
+
+def quoted(path: os.PathLike[str] | str) -> str:
+    """How file names appear in user-facing messages."""
+    return f"'{os.fspath(path)}'"
+
+
+class ImageSource:
+    """A readable image: size, colour layout, metadata, and region reads as uint8 ``[h, w, channels]``.
+
+    ``channels`` counts what :meth:`read_region` returns, after conversion (alpha dropped, palette
+    expanded). Sources are context managers; :meth:`read_region` is safe to call from any thread.
+    """
+
+    path: Path
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype = np.dtype(np.uint8)
+    #: Pixels per ``resolution_unit`` along x and y, or None when the file records none.
+    resolution: tuple[float, float] | None = None
+    #: ``"INCH"``, ``"CENTIMETER"``, ``"NONE"`` ... (tifffile's RESUNIT names), or None.
+    resolution_unit: str | int | None = None
+    #: Photometric interpretation of what read_region returns: ``"rgb"`` or ``"minisblack"``.
+    photometric: str | None = None
+    #: Embedded ICC colour profile, copied to the output when present.
+    icc_profile: bytes | None = None
+    #: One line for logs, e.g. "BigTIFF 16000x16000 RGB uint8, tiled 512x512, zstd".
+    description: str = ""
+
+    def __init__(self) -> None:
+        # Counters for tests and benchmarks (segments decoded, cache hits, bytes read).
+        self.stats: dict[str, int] = {"segments_decoded": 0, "cache_hits": 0, "bytes_read": 0}
+
+    # -- reading -------------------------------------------------------------------------
+    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels of rows ``[y0, y1)`` and columns ``[x0, x1)`` (inside the image) as a new array."""
+        y0, y1, x0, x1 = int(y0), int(y1), int(x0), int(x1)
+        if not (0 <= y0 <= y1 <= self.height and 0 <= x0 <= x1 <= self.width):
+            raise ValueError(
+                f"region rows [{y0}, {y1}) cols [{x0}, {x1}) is outside the {self.height}x{self.width} image"
+            )
+        if y0 == y1 or x0 == x1:
+            return np.zeros((y1 - y0, x1 - x0, self.channels), np.uint8)
+        return self._read(y0, y1, x0, x1)
+
+    def read_rows_cols(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Gather ``out[i, j] = image[rows[i], cols[j]]`` for in-range (possibly repeated) indices.
+
+        The bounding box of the indices is read once and indexed, so reflect-padded tiles near a
+        border cost one region read.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        if rows.ndim != 1 or cols.ndim != 1:
+            raise ValueError("rows and cols must be 1-D index arrays")
+        if rows.size == 0 or cols.size == 0:
+            return np.zeros((rows.size, cols.size, self.channels), np.uint8)
+        r0, r1 = int(rows.min()), int(rows.max()) + 1
+        c0, c1 = int(cols.min()), int(cols.max()) + 1
+        box = self.read_region(r0, r1, c0, c1)
+        if r1 - r0 == rows.size and c1 - c0 == cols.size and _is_range(rows, r0) and _is_range(cols, c0):
+            return box  # plain in-bounds tile: no copy
+        return box[np.ix_(rows - r0, cols - c0)]
+
+    def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {quoted(self.path)}: {self.description}>"
+
+
+def _is_range(index: np.ndarray, start: int) -> bool:
+    return bool(np.array_equal(index, np.arange(start, start + index.size)))
+
+
+class ArraySource(ImageSource):
+    """An image already in memory (Pillow formats, or an array handed over by the Python API)."""
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        *,
+        path: os.PathLike[str] | str = "<array>",
+        description: str = "",
+        resolution: tuple[float, float] | None = None,
+        resolution_unit: str | int | None = None,
+        icc_profile: bytes | None = None,
+    ) -> None:
+        super().__init__()
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 [H, W, C] array, got {array.dtype} {array.shape}")
+        self._array = np.ascontiguousarray(array)
+        self.path = Path(path)
+        self.height, self.width, self.channels = (int(n) for n in array.shape)
+        self.photometric = "minisblack" if self.channels == 1 else "rgb"
+        self.resolution = resolution
+        self.resolution_unit = resolution_unit
+        self.icc_profile = icc_profile
+        self.description = description or f"array {self.width}x{self.height}x{self.channels} uint8"
+
+    def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self._array[y0:y1, x0:x1].copy()
+
+    def close(self) -> None:
+        self._array = np.zeros((0, 0, self.channels), np.uint8)
+
+
+# -- opening ------------------------------------------------------------------------------
+def open_image(
+    path: os.PathLike[str] | str, *, cache_bytes: int | None = DEFAULT_CACHE_BYTES, workers: int | None = None
+) -> ImageSource:
+    """Open an input image for region reads; every problem becomes a one-line :class:`DnrtError`.
+
+    ``cache_bytes`` bounds the decoded TIFF segments kept for reuse (default: two rows of stored
+    tiles or strips, see :data:`DEFAULT_CACHE_BYTES`); ``workers`` is the number of
+    threads decoding TIFF segments in parallel (default: up to 4, fewer on small machines).
+    """
+    path = Path(path)
+    magic = _read_magic(path)
+    if magic in _TIFF_MAGIC:
+        from dnrt.runtime.io.tiffsource import open_tiff
+
+        return open_tiff(path, cache_bytes=cache_bytes, workers=workers)
+    return open_pillow(path)
+
+
+def _read_magic(path: Path) -> bytes:
+    """The first 4 bytes, after the checks that give missing/directory/empty files their own message."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise DnrtError(f"input image {quoted(path)} does not exist") from None
+    except IsADirectoryError:
+        raise DnrtError(f"{quoted(path)} is a directory, not an image") from None
+    except PermissionError:
+        if path.is_dir():
+            raise DnrtError(f"{quoted(path)} is a directory, not an image") from None
+        raise DnrtError(f"cannot read {quoted(path)}: permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise DnrtError(f"input image {quoted(path)} does not exist") from None
+        raise DnrtError(f"cannot read {quoted(path)}: {exc.strerror or exc}") from None
+    if not magic:
+        raise DnrtError(f"{quoted(path)} is empty (0 bytes), not an image")
+    return magic
+
+
+def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySource:
+    """Decode a Pillow-readable image whole (PNG, JPEG, BMP, WebP, ...)."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = quoted(path)
+    # Pillow's decompression-bomb guard trips at ~179 Mpx, below what dnrt accepts; the header
+    # size is checked against our own limit instead, before anything is decoded.
+    with _PIL_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            try:
+                img = Image.open(path)
+            except UnidentifiedImageError:
+                raise DnrtError(
+                    f"{name} is not an image dnrt can read (neither TIFF nor a format Pillow recognizes)"
+                ) from None
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DnrtError(f"{name} could not be opened as an image: {_short(exc)}") from None
+            try:
+                width, height = img.size
+                if width <= 0 or height <= 0:
+                    raise DnrtError(f"{name} has zero size ({width}x{height} pixels)")
+                if width * height > max_pixels:
+                    raise DnrtError(
+                        f"{name} is a {width}x{height} {img.format} image; images over "
+                        f"{max_pixels / 1e9:g} gigapixel must be TIFF (dnrt streams TIFFs tile by tile "
+                        "but decodes other formats whole): convert it to a tiled TIFF first"
+                    )
+                fmt, mode = img.format or "image", img.mode
+                info = dict(img.info)
+                try:
+                    array, note = _pillow_pixels(img, name)
+                except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+                    raise DnrtError(
+                        f"{name} could not be decoded ({_short(exc)}); the file may be truncated or corrupt"
+                    ) from None
+            finally:
+                img.close()
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+    resolution, unit = _pillow_resolution(info)
+    desc = f"{fmt} {width}x{height} {mode} uint8" + (f" ({note})" if note else "")
+    return ArraySource(
+        array,
+        path=path,
+        description=desc,
+        resolution=resolution,
+        resolution_unit=unit,
+        icc_profile=info.get("icc_profile") or None,
+    )
+
+
+def _pillow_pixels(img: Any, name: str) -> tuple[np.ndarray, str]:
+    """Pixels of a Pillow image as uint8 ``[H, W, C]`` (C = 1 or 3) and a note on any conversion."""
+    mode = img.mode
+    note = ""
+    if mode in ("RGB", "L"):
+        array = np.asarray(img)
+    elif mode in ("RGBA", "RGBa", "RGBX", "LA", "La"):
+        array = np.asarray(img)[..., :-1]
+        note = "alpha dropped" if "A" in mode or "a" in mode else ""
+    elif mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        array = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))[..., :3]
+        note = "palette -> RGB" + (", alpha dropped" if has_alpha else "")
+    elif mode == "1":
+        array = np.asarray(img.convert("L"))
+        note = "bilevel -> 0/255"
+    elif mode in ("CMYK", "YCbCr"):
+        array = np.asarray(img.convert("RGB"))
+        note = f"{mode} -> RGB"
+    elif mode.startswith("I;16"):
+        raw = np.asarray(img)
+        array = to_uint8(raw.astype(np.uint16))
+        note = "16-bit -> 8-bit"
+    elif mode in ("I", "F"):
+        check_sample_dtype(np.dtype(np.int32 if mode == "I" else np.float32), name)
+        raise AssertionError("unreachable")
+    else:
+        raise DnrtError(f"{name} has {mode} pixels; dnrt translates RGB or grey images; convert it first")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array, dtype=np.uint8), note
+
+
+def _pillow_resolution(info: dict[str, Any]) -> tuple[tuple[float, float] | None, str | None]:
+    dpi = info.get("dpi")
+    if not dpi:
+        return None, None
+    try:
+        x, y = float(dpi[0]), float(dpi[1])
+    except (TypeError, ValueError, IndexError):
+        return None, None
+    if x <= 0 or y <= 0:
+        return None, None
+    return (x, y), "INCH"
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as a short single line for user messages."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,555 @@
+"""Writing the translated image: tiled BigTIFF streamed band by band, or small Pillow outputs.
+
+The runtime hands over bands of rows top to bottom (any heights). :class:`TileWriter` copies each
+band into a bounded queue and returns at once; a writer thread cuts complete rows of TIFF tiles
+out of the bands and feeds them to tifffile, which compresses them (in its own thread pool) and
+writes them. Only the rows needed to complete the current tile row are buffered, so memory is
+bounded by the queue budget plus one tile row, whatever the image height.
+
+Pyramids (``pyramid=True``): the reduced levels are computed while level 0 streams (see
+:mod:`.pyramid`) and written after it as further TIFF directories with ``NewSubfileType = 1``
+(reduced resolution) in the main IFD chain. That is the layout OpenSlide's generic-TIFF driver
+reads (it walks the main IFD chain and ignores SubIFDs), which QuPath reads through OpenSlide,
+and which tifffile groups into ``series[0].levels``. ``subifds=True`` stores the levels as SubIFDs
+of level 0 instead (the OME-TIFF convention; readable by tifffile and Bio-Formats, not OpenSlide).
+
+Compression names (``--compression``): ``zlib`` (default, lossless; alias ``deflate``), ``none``,
+``lzw``, ``zstd``, ``jpeg`` (quality 90, YCbCr 4:2:0), ``webp`` (lossless); ``NAME:LEVEL`` sets
+the codec's level, e.g. ``zlib:1`` (faster), ``zstd:9``, ``jpeg:95`` or ``webp:90`` (lossy WebP).
+Lossless codecs use the horizontal-difference predictor, which every TIFF reader supports.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from dnrt.errors import DnrtError
+from dnrt.runtime.io.atomic import check_output_path, commit, create_temp, output_kind, remove_quietly
+from dnrt.runtime.io.pyramid import PyramidBuilder
+from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ImageSource, _short, quoted
+
+#: Bytes of bands waiting for the writer thread before write_band blocks (at least one band).
+DEFAULT_QUEUE_BYTES = 48 << 20
+
+_CODECS = {
+    # name: (tifffile compression, imagecodecs availability attribute, lossless, default level)
+    "none": (None, None, True, None),
+    "zlib": ("zlib", "ZLIB", True, None),
+    "deflate": ("zlib", "ZLIB", True, None),
+    "lzw": ("lzw", "LZW", True, None),
+    "zstd": ("zstd", "ZSTD", True, None),
+    "jpeg": ("jpeg", "JPEG8", False, 90),
+    "webp": ("webp", "WEBP", True, None),
+}
+
+
+class Compression:
+    """A parsed and validated ``--compression`` value."""
+
+    def __init__(self, spec: str | None) -> None:
+        text = "none" if spec is None else str(spec).strip().lower()
+        name, _, level_text = text.partition(":")
+        if name not in _CODECS:
+            choices = ", ".join(n for n in _CODECS if n != "deflate")
+            raise DnrtError(f"unknown compression {spec!r}; choose one of {choices} (optionally NAME:LEVEL)")
+        codec, attr, lossless, level = _CODECS[name]
+        if level_text:
+            try:
+                level = int(level_text)
+            except ValueError:
+                raise DnrtError(f"compression level in {spec!r} must be an integer") from None
+            if name == "none":
+                raise DnrtError("compression 'none' takes no level")
+        if attr is not None:
+            import imagecodecs
+
+            if not getattr(getattr(imagecodecs, attr, None), "available", False):
+                raise DnrtError(f"compression {name!r} is not available in this imagecodecs build")
+        if name == "webp" and level is not None and level < 100:
+            lossless = False
+        self.name = name
+        self.codec = codec
+        self.lossless = lossless
+        self.args: dict[str, Any] = {}
+        if name == "webp":
+            # method 1: about the size of libwebp's default effort at less than half the time.
+            self.args = {"lossless": True, "method": 1} if lossless else {"level": level, "lossless": False}
+        elif level is not None:
+            self.args = {"level": level}
+        # Horizontal differencing helps every lossless general-purpose codec on images.
+        self.predictor = codec in ("zlib", "lzw", "zstd")
+
+    def __repr__(self) -> str:
+        return f"Compression({self.name!r}, {self.args})"
+
+
+class _Aborted(Exception):
+    """Raised inside the writer thread to stop tifffile when the output is abandoned."""
+
+
+class TileWriter:
+    """Streams bands into a tiled BigTIFF written under a temporary name, renamed on :meth:`close`.
+
+    Context manager: leaving the block normally closes (commits) the file; leaving it with any
+    exception (KeyboardInterrupt included) aborts, removing the temporary file.
+    """
+
+    def __init__(
+        self,
+        dest: Path,
+        height: int,
+        width: int,
+        channels: int,
+        *,
+        tile: int = 512,
+        compression: str | None = "zlib",
+        pyramid: bool = False,
+        source: ImageSource | None = None,
+        overwrite: bool = False,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        workers: int | None = None,
+        subifds: bool = False,
+    ) -> None:
+        self.dest = dest
+        self.height, self.width, self.channels = height, width, channels
+        self.tile = tile
+        self.compression = Compression(compression)
+        self.overwrite = overwrite
+        self.rows_received = 0
+        self._queue_bytes = max(1, int(queue_bytes))
+        self._workers = workers
+        self._subifds = subifds
+        self._source_meta = _metadata_from(source, channels)
+
+        self._queue: collections.deque[np.ndarray | None] = collections.deque()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._aborting = False
+        self._closed = False
+        self._error: BaseException | None = None
+
+        self.temp = create_temp(dest)
+        self._pyramid: PyramidBuilder | None = None
+        try:
+            if pyramid:
+                self._pyramid = PyramidBuilder(dest, height, width, channels, tile)
+        except BaseException:
+            remove_quietly(self.temp)
+            raise
+        # Last-resort cleanup if the writer is dropped without close()/abort() (e.g. at exit).
+        self._finalizer = weakref.finalize(self, _remove_all, [self.temp, *self._spill_paths()])
+        self._thread = threading.Thread(target=self._run, name="dnrt-writer", daemon=True)
+        self._thread.start()
+
+    # -- caller side ---------------------------------------------------------------------
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
+        """Queue the next rows ``[h, width, channels]`` uint8; returns at once unless the queue
+        budget is full. A copy is taken unless ``copy=False``, which hands the array over: the
+        caller must not modify it afterwards (saves one band of memory and a copy)."""
+        self._check_open()
+        band = np.asarray(band)
+        if band.ndim == 2 and self.channels == 1:
+            band = band[:, :, None]
+        if band.dtype != np.uint8 or band.ndim != 3 or band.shape[1:] != (self.width, self.channels):
+            raise ValueError(
+                f"expected a uint8 band [h, {self.width}, {self.channels}], got {band.dtype} {band.shape}"
+            )
+        if self.rows_received + band.shape[0] > self.height:
+            raise ValueError(
+                f"band of {band.shape[0]} rows overflows the image: {self.rows_received} of "
+                f"{self.height} rows already written"
+            )
+        if band.shape[0] == 0:
+            return
+        band = np.array(band, order="C", copy=True) if copy else np.ascontiguousarray(band)
+        with self._cond:
+            while self._pending > 0 and self._pending + band.nbytes > self._queue_bytes:
+                self._raise_if_failed()
+                self._cond.wait(0.1)
+            self._raise_if_failed()
+            self._queue.append(band)
+            self._pending += band.nbytes
+            self._cond.notify_all()
+        self.rows_received += band.shape[0]
+
+    def close(self) -> None:
+        """Finish the file (flush, pyramid levels) and rename it onto the destination."""
+        if self._closed:
+            return
+        try:
+            if self.rows_received != self.height:
+                raise ValueError(
+                    f"output closed after {self.rows_received} of {self.height} rows; nothing was written"
+                )
+            with self._cond:
+                self._queue.append(None)  # end of level 0
+                self._cond.notify_all()
+            self._join()
+            self._raise_if_failed()
+            self._cleanup_spills()
+            commit(self.temp, self.dest, self.overwrite)
+            self._closed = True
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop writing and remove the temporary files; the destination is untouched."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._cond:
+            self._aborting = True
+            self._queue.clear()
+            self._pending = 0
+            self._cond.notify_all()
+        try:
+            self._join()
+        finally:
+            self._cleanup_spills()
+            remove_quietly(self.temp)
+
+    def __enter__(self) -> TileWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("the writer is closed")
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        error = self._error
+        if error is None:
+            return
+        if isinstance(error, OSError):
+            detail = error.strerror or _short(error)
+            raise DnrtError(f"could not write {quoted(self.dest)}: {detail}") from error
+        raise error
+
+    def _join(self) -> None:
+        # Join with a timeout so Ctrl-C reaches the main thread while it waits.
+        while self._thread.is_alive():
+            self._thread.join(0.2)
+
+    def _spill_paths(self) -> list[Path]:
+        return self._pyramid.paths if self._pyramid is not None else []
+
+    def _cleanup_spills(self) -> None:
+        if self._pyramid is not None:
+            self._pyramid.cleanup()
+
+    # -- writer thread -------------------------------------------------------------------
+    def _next_band(self) -> np.ndarray | None:
+        with self._cond:
+            while not self._queue:
+                self._stop_if_aborting()
+                self._cond.wait(0.1)
+            self._stop_if_aborting()
+            band = self._queue.popleft()
+            if band is not None:
+                self._pending -= band.nbytes
+            self._cond.notify_all()
+            return band
+
+    def _stop_if_aborting(self) -> None:
+        if self._aborting:
+            raise _Aborted
+
+    def _level0_tiles(self):  # type: ignore[no-untyped-def]
+        """Tiles of level 0 in row-major order, cut from the queued bands."""
+        t, w = self.tile, self.width
+        buf: np.ndarray | None = None
+        filled = 0
+        while True:
+            band = self._next_band()
+            if band is None:
+                break
+            if self._pyramid is not None:
+                self._pyramid.push(band)
+            pos = 0
+            while pos < len(band):
+                if filled == 0 and len(band) - pos >= t:
+                    rows = band[pos : pos + t]  # whole tile row inside the band: no copy
+                    pos += t
+                else:
+                    if buf is None:
+                        # A fresh buffer per tile row: tifffile may still hold views of the last one.
+                        buf = np.empty((t, w, self.channels), np.uint8)
+                    n = min(t - filled, len(band) - pos)
+                    buf[filled : filled + n] = band[pos : pos + n]
+                    filled += n
+                    pos += n
+                    if filled < t:
+                        continue
+                    rows, buf, filled = buf, None, 0
+                for x in range(0, w, t):
+                    yield rows[:, x : x + t]
+        if filled:
+            assert buf is not None
+            for x in range(0, w, t):
+                yield buf[:filled, x : x + t]
+        # tifffile stops pulling once it has every tile, so code placed here may never run.
+
+    def _shape(self, height: int, width: int) -> tuple[int, ...]:
+        # tifffile wants grey images as 2-D (a trailing 1 would read as a separate-planes layout).
+        return (height, width, self.channels) if self.channels > 1 else (height, width)
+
+    def _run(self) -> None:
+        try:
+            import tifffile
+
+            comp = self.compression
+            tile_bytes = self.tile * self.tile * self.channels
+            row_bytes = tile_bytes * -(-self.width // self.tile)
+            common: dict[str, Any] = {
+                "dtype": np.uint8,
+                "tile": (self.tile, self.tile),
+                "compression": comp.codec,
+                "compressionargs": comp.args or None,
+                "predictor": comp.predictor or None,
+                "photometric": "rgb" if self.channels == 3 else "minisblack",
+                "planarconfig": "contig" if self.channels > 1 else None,
+                "metadata": None,  # no tifffile JSON description: a plain generic TIFF
+                "software": "dnrt",
+                "maxworkers": self._workers,
+                # tifffile gathers this many bytes of tiles before encoding them in parallel;
+                # its default (512 MB) would buffer most of a large image.
+                "buffersize": max(min(row_bytes, 32 << 20), tile_bytes * 4),
+            }
+            resolution, unit, icc = self._source_meta
+            extratags = [(34675, 7, len(icc), icc, True)] if icc else []
+            levels = self._pyramid.levels if self._pyramid is not None else []
+            with tifffile.TiffWriter(self.temp, bigtiff=True) as tw:
+                tw.write(
+                    self._level0_tiles(),
+                    shape=self._shape(self.height, self.width),
+                    resolution=resolution,
+                    resolutionunit=unit,
+                    extratags=extratags,
+                    subifds=len(levels) if (levels and self._subifds) else None,
+                    **common,
+                )
+                if self._pyramid is not None:
+                    self._pyramid.finish()
+                for i, level in enumerate(levels, start=1):
+                    scaled = None
+                    if resolution is not None:
+                        scaled = (
+                            resolution[0] * level.width / self.width,
+                            resolution[1] * level.height / self.height,
+                        )
+                    assert self._pyramid is not None
+                    tw.write(
+                        self._pyramid.tiles(i, stop=self._stop_if_aborting),
+                        shape=self._shape(level.height, level.width),
+                        subfiletype=1,
+                        resolution=scaled,
+                        resolutionunit=unit,
+                        **common,
+                    )
+        except BaseException as exc:  # surfaced to the caller on its next call
+            self._error = exc
+            with self._cond:
+                self._cond.notify_all()
+
+
+def _metadata_from(source: ImageSource | None, channels: int) -> tuple[Any, Any, bytes | None]:
+    if source is None:
+        return None, None, None
+    resolution = source.resolution
+    unit = source.resolution_unit
+    if resolution is None:
+        unit = None
+    # An ICC profile describes the colour space of the input's channels; keep it only when the
+    # output has the same colour layout (grey profiles do not fit RGB data and vice versa).
+    icc = source.icc_profile if (source.icc_profile and source.channels == channels) else None
+    return resolution, unit, icc
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        remove_quietly(path)
+
+
+class PillowWriter:
+    """Small outputs (.png, .jpg) through Pillow: bands are assembled in memory and encoded on close."""
+
+    def __init__(
+        self,
+        dest: Path,
+        height: int,
+        width: int,
+        channels: int,
+        *,
+        compression: str | None = None,
+        source: ImageSource | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if height * width > MAX_PILLOW_PIXELS:
+            raise DnrtError(
+                f"output {quoted(dest)} would be {width}x{height}; images over "
+                f"{MAX_PILLOW_PIXELS / 1e9:g} gigapixel must be written as TIFF (.tif)"
+            )
+        self.dest = dest
+        self.height, self.width, self.channels = height, width, channels
+        self.overwrite = overwrite
+        self.rows_received = 0
+        self._format = "PNG" if dest.suffix.lower() == ".png" else "JPEG"
+        self._options = _pillow_options(self._format, compression)
+        resolution, unit, icc = _metadata_from(source, channels)
+        dpi = _dpi(resolution, unit)
+        if dpi:
+            self._options["dpi"] = dpi
+        if icc:
+            self._options["icc_profile"] = icc
+        self._array = np.empty((height, width, channels), np.uint8)
+        self._closed = False
+        self.temp = create_temp(dest)
+        self._finalizer = weakref.finalize(self, _remove_all, [self.temp])
+
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:  # noqa: ARG002 - always copied
+        if self._closed:
+            raise ValueError("the writer is closed")
+        band = np.asarray(band)
+        if band.ndim == 2 and self.channels == 1:
+            band = band[:, :, None]
+        if band.dtype != np.uint8 or band.ndim != 3 or band.shape[1:] != (self.width, self.channels):
+            raise ValueError(
+                f"expected a uint8 band [h, {self.width}, {self.channels}], got {band.dtype} {band.shape}"
+            )
+        h = band.shape[0]
+        if self.rows_received + h > self.height:
+            raise ValueError(
+                f"band of {h} rows overflows the image ({self.rows_received}/{self.height} written)"
+            )
+        self._array[self.rows_received : self.rows_received + h] = band
+        self.rows_received += h
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self.rows_received != self.height:
+                raise ValueError(f"output closed after {self.rows_received} of {self.height} rows")
+            from PIL import Image
+
+            data = self._array[:, :, 0] if self.channels == 1 else self._array
+            try:
+                Image.fromarray(data).save(self.temp, format=self._format, **self._options)
+            except OSError as exc:
+                raise DnrtError(
+                    f"could not write {quoted(self.dest)}: {exc.strerror or _short(exc)}"
+                ) from exc
+            commit(self.temp, self.dest, self.overwrite)
+            self._closed = True
+            self._array = np.empty((0, 0, self.channels), np.uint8)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._array = np.empty((0, 0, self.channels), np.uint8)
+        remove_quietly(self.temp)
+
+    def __enter__(self) -> PillowWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _pillow_options(fmt: str, compression: str | None) -> dict[str, Any]:
+    name, _, level = (compression or "").lower().partition(":")
+    if fmt == "JPEG":
+        if name not in ("", "jpeg", "zlib"):  # zlib is the CLI default: ignore it for .jpg
+            raise DnrtError(f"compression {compression!r} does not apply to a .jpg output (use jpeg:QUALITY)")
+        quality = int(level) if (name == "jpeg" and level.isdigit()) else 90
+        return {"quality": quality}
+    if name not in ("", "zlib", "deflate", "none"):
+        raise DnrtError(f"compression {compression!r} does not apply to a .png output (PNG is always zlib)")
+    if name == "none":
+        return {"compress_level": 0}
+    return {"compress_level": int(level) if level.isdigit() else 6}
+
+
+def _dpi(resolution: Any, unit: Any) -> tuple[float, float] | None:
+    if resolution is None:
+        return None
+    factor = {"INCH": 1.0, 2: 1.0, "CENTIMETER": 2.54, 3: 2.54}.get(unit)
+    if factor is None:
+        return None
+    return resolution[0] * factor, resolution[1] * factor
+
+
+def open_writer(
+    path: os.PathLike[str] | str,
+    height: int,
+    width: int,
+    channels: int,
+    *,
+    tile: int = 512,
+    compression: str | None = "zlib",
+    pyramid: bool = False,
+    source: ImageSource | None = None,
+    overwrite: bool = False,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    workers: int | None = None,
+    subifds: bool = False,
+) -> TileWriter | PillowWriter:
+    """Open the output for band-by-band writing (see the module docstring for the options).
+
+    ``source`` supplies the resolution (and unit) and ICC profile to copy. ``workers`` is the
+    number of compression threads (default: tifffile's choice, about half the cores).
+    """
+    dest = check_output_path(path, overwrite)
+    height, width, channels, tile = int(height), int(width), int(channels), int(tile)
+    if height <= 0 or width <= 0:
+        raise DnrtError(f"cannot write a {width}x{height} image")
+    if channels not in (1, 3):
+        raise DnrtError(f"dnrt writes RGB or grey images, not {channels} channels")
+    if tile < 16 or tile % 16:
+        raise DnrtError(f"the TIFF tile size must be a positive multiple of 16 (got {tile})")
+    if output_kind(dest) == "pillow":
+        if pyramid:
+            raise DnrtError(f"pyramid levels need a TIFF output, not {quoted(dest)}")
+        return PillowWriter(
+            dest, height, width, channels, compression=compression, source=source, overwrite=overwrite
+        )
+    return TileWriter(
+        dest,
+        height,
+        width,
+        channels,
+        tile=tile,
+        compression=compression,
+        pyramid=pyramid,
+        source=source,
+        overwrite=overwrite,
+        queue_bytes=queue_bytes,
+        workers=workers,
+        subifds=subifds,
+    )

@@ -16,6 +16,8 @@ one node (domain ``dnrt``) instead of tracing through its arithmetic.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor, nn
 
@@ -69,11 +71,12 @@ def _dense_norm_fake(
 # --------------------------------------------------------------------------- the layer
 
 
-class NormContext:
+class NormContext(threading.local):
     """Shared per-forward state of every DenseNorm2d in one model.
 
     Kept outside the layers' parameters so the same module runs both graphs; the
-    exporter traces each mode separately.
+    exporter traces each mode separately. Thread-local, so a GPU backend can run
+    the collect pass in one thread while another thread runs the apply pass.
     """
 
     def __init__(self) -> None:

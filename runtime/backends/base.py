@@ -20,6 +20,9 @@ from dnrt.semantics import CollectFlavour
 class Backend(abc.ABC):
     #: Short name used on the command line (``--backend``).
     name: str = ""
+    #: Whether ``collect`` and ``infer`` may run at the same time from two threads
+    #: (GPU backends: one CUDA stream per pass), letting streaming overlap them.
+    concurrent_passes: bool = False
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle

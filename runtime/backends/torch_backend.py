@@ -1,0 +1,147 @@
+"""PyTorch backend: the bundle's generator rebuilt from its safetensors weights.
+
+It runs wherever PyTorch runs (CPU or CUDA). On CUDA it can run in float16
+(statistics stay float32). The module is rebuilt from the zoo architecture
+recorded in the manifest, so the original checkpoint is not needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dnrt.bundle import Bundle
+from dnrt.errors import DnrtError
+from dnrt.runtime.backends.base import Backend
+from dnrt.semantics import CollectFlavour
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cuda_available() -> bool:
+    if not torch_available():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+        super().__init__(bundle)
+        if precision not in ("fp32", "fp16"):
+            raise DnrtError(f"unknown precision {precision!r} (expected fp32 or fp16)")
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise DnrtError("fp16 needs a CUDA device (the CPU path computes in fp32)")
+        self.device_name = device
+        self.precision = precision
+        self.threads = threads
+        self.model: Any = None
+        self.name = "torch-cuda" if device.startswith("cuda") else "torch"
+        # On a GPU each pass gets its own CUDA stream, so streaming overlaps them.
+        self.concurrent_passes = device.startswith("cuda")
+        self.streams: dict[str, Any] = {}
+
+    def activate(self) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise DnrtError("the torch backend needs PyTorch: pip install 'dnrt[export]'") from None
+        from dnrt.export.normswap import convert
+        from dnrt.export.zoo import ARCHITECTURES, build_generator
+
+        m = self.manifest
+        if m.architecture not in ARCHITECTURES:
+            raise DnrtError(
+                f"the torch backend rebuilds zoo architectures only; this bundle holds {m.architecture!r} "
+                "(use --backend ort)"
+            )
+        if self.device_name.startswith("cuda") and not torch.cuda.is_available():
+            raise DnrtError("--backend torch-cuda asked for, but PyTorch sees no CUDA device")
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if not self.bundle.weights.is_file():
+            raise DnrtError(f"model bundle {self.bundle.path} has no weights.safetensors")
+        from safetensors.torch import load_file
+
+        generator = build_generator(m.architecture, m.config)
+        try:
+            generator.load_state_dict(load_file(str(self.bundle.weights)), strict=True)
+        except RuntimeError as exc:
+            raise DnrtError(f"bundle weights do not fit architecture {m.architecture}: {str(exc).splitlines()[0]}") from None
+        model = convert(generator, m.in_channels)
+        if [(ly.channels, ly.stride, ly.activation) for ly in model.layers] != [
+            (ly.channels, ly.stride, ly.activation) for ly in m.layers
+        ]:
+            raise DnrtError("the rebuilt generator's norm layers differ from the bundle manifest")
+        self.device = torch.device(self.device_name)
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        # Norm buffers (gamma/beta) stay float32: the statistics path is float32 throughout.
+        self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            self.streams = {"collect": torch.cuda.Stream(self.device), "infer": torch.cuda.Stream(self.device)}
+        if self.dtype == torch.float16:
+            from dnrt.export.norm import DenseNorm2d
+
+            self.model.generator.half()
+            for module in self.model.generator.modules():
+                if isinstance(module, DenseNorm2d):
+                    module.float()
+        super().activate()
+
+    def deactivate(self) -> None:
+        self.model = None
+        super().deactivate()
+
+    def describe(self) -> str:
+        import torch
+
+        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        return f"PyTorch {torch.__version__} on {where}, {self.precision}"
+
+    def _on_stream(self, which: str) -> Any:
+        import contextlib
+
+        import torch
+
+        stream = self.streams.get(which)
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+    def _to_device(self, array: np.ndarray, dtype: Any) -> Any:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()  # pinned, so the copy is asynchronous on this pass's stream
+        return tensor.to(self.device, dtype, non_blocking=True)
+
+    def collect(self, tiles: np.ndarray, flavour: CollectFlavour) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode(), self._on_stream("collect"):
+            x = self._to_device(tiles, self.dtype)
+            params = self._to_device(flavour.as_array(), torch.float32)
+            image, mean, std = self.model.collect(x, params)
+            return _host(image), _host(mean), _host(std)
+
+    def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._on_stream("infer"):
+            x = self._to_device(tiles, self.dtype)
+            mean = self._to_device(nbr_mean.astype(np.float32, copy=False), torch.float32)
+            std = self._to_device(nbr_std.astype(np.float32, copy=False), torch.float32)
+            return _host(self.model.apply(x, mean, std))
+
+
+def _host(t: Any) -> np.ndarray:
+    return t.float().cpu().numpy()

@@ -24,15 +24,24 @@ from dnrt.export.op_schema import DOMAIN, attach_function, register_schema  # no
 
 def single_op_model(activation: str, dtype: int) -> bytes:
     register_schema()
-    node = helper.make_node("DenseNorm", ["X", "Mean", "Std", "Gamma", "Beta"], ["Y"], domain=DOMAIN,
-                            eps=1e-7, activation=activation)
+    node = helper.make_node(
+        "DenseNorm",
+        ["X", "Mean", "Std", "Gamma", "Beta"],
+        ["Y"],
+        domain=DOMAIN,
+        eps=1e-7,
+        activation=activation,
+    )
     graph = helper.make_graph(
-        [node], "one_dense_norm",
-        [helper.make_tensor_value_info("X", dtype, ["N", "C", "H", "W"]),
-         helper.make_tensor_value_info("Mean", TensorProto.FLOAT, ["N", "C", 3, 3]),
-         helper.make_tensor_value_info("Std", TensorProto.FLOAT, ["N", "C", 3, 3]),
-         helper.make_tensor_value_info("Gamma", TensorProto.FLOAT, ["C"]),
-         helper.make_tensor_value_info("Beta", TensorProto.FLOAT, ["C"])],
+        [node],
+        "one_dense_norm",
+        [
+            helper.make_tensor_value_info("X", dtype, ["N", "C", "H", "W"]),
+            helper.make_tensor_value_info("Mean", TensorProto.FLOAT, ["N", "C", 3, 3]),
+            helper.make_tensor_value_info("Std", TensorProto.FLOAT, ["N", "C", 3, 3]),
+            helper.make_tensor_value_info("Gamma", TensorProto.FLOAT, ["C"]),
+            helper.make_tensor_value_info("Beta", TensorProto.FLOAT, ["C"]),
+        ],
         [helper.make_tensor_value_info("Y", dtype, ["N", "C", "H", "W"])],
     )
     # IR 10 (ONNX 1.16): what ONNX Runtime and TensorRT parsers of this era accept.
@@ -46,7 +55,9 @@ def single_op_model(activation: str, dtype: int) -> bytes:
 @pytest.mark.parametrize("h,w", [(2, 2), (8, 6), (34, 20)])
 def test_function_body_matches_reference_fp32(activation: str, h: int, w: int) -> None:
     rng = np.random.default_rng(7)
-    sess = ort.InferenceSession(single_op_model(activation, TensorProto.FLOAT), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        single_op_model(activation, TensorProto.FLOAT), providers=["CPUExecutionProvider"]
+    )
     x = rng.normal(size=(3, 5, h, w)).astype(np.float32)
     mean = rng.normal(size=(3, 5, 3, 3)).astype(np.float32)
     std = rng.uniform(0.1, 3, size=(3, 5, 3, 3)).astype(np.float32)
@@ -59,7 +70,9 @@ def test_function_body_matches_reference_fp32(activation: str, h: int, w: int) -
 
 def test_function_body_runs_in_fp16() -> None:
     rng = np.random.default_rng(8)
-    sess = ort.InferenceSession(single_op_model("relu", TensorProto.FLOAT16), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        single_op_model("relu", TensorProto.FLOAT16), providers=["CPUExecutionProvider"]
+    )
     x = rng.normal(size=(2, 4, 8, 8)).astype(np.float16)
     mean = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
     std = rng.uniform(0.5, 2, size=(2, 4, 3, 3)).astype(np.float32)

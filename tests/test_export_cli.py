@@ -22,15 +22,38 @@ from dnrt.export.zoo import build_generator  # noqa: E402
 
 CONFIGS = {
     "official": {"in_channels": 3, "out_channels": 3, "features": 8, "residuals": 2, "affine": False},
-    "cyclegan": {"input_nc": 3, "output_nc": 3, "ngf": 8, "n_blocks": 2, "norm": "instance", "affine": False,
-                 "use_dropout": False, "padding_type": "reflect", "bn_folded": False},
-    "cut": {"input_nc": 3, "output_nc": 3, "ngf": 8, "n_blocks": 2, "norm": "instance", "affine": False,
-            "use_dropout": False, "padding_type": "reflect", "bn_folded": False, "antialias_down": True,
-            "antialias_up": True, "down_filt_size": 3, "up_filt_size": 3},
+    "cyclegan": {
+        "input_nc": 3,
+        "output_nc": 3,
+        "ngf": 8,
+        "n_blocks": 2,
+        "norm": "instance",
+        "affine": False,
+        "use_dropout": False,
+        "padding_type": "reflect",
+        "bn_folded": False,
+    },
+    "cut": {
+        "input_nc": 3,
+        "output_nc": 3,
+        "ngf": 8,
+        "n_blocks": 2,
+        "norm": "instance",
+        "affine": False,
+        "use_dropout": False,
+        "padding_type": "reflect",
+        "bn_folded": False,
+        "antialias_down": True,
+        "antialias_up": True,
+        "down_filt_size": 3,
+        "up_filt_size": 3,
+    },
 }
 
 
-def save_checkpoint(tmp_path: Path, arch: str, wrap: str | None = None, **overrides) -> tuple[Path, torch.nn.Module]:
+def save_checkpoint(
+    tmp_path: Path, arch: str, wrap: str | None = None, **overrides
+) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
     module = build_generator(arch, {**CONFIGS[arch], **overrides}).eval()
     state = module.state_dict()
@@ -63,8 +86,9 @@ def test_export_detects_architecture_and_matches_pytorch(tmp_path: Path, arch: s
 
 
 @pytest.mark.parametrize("features,residuals,nodes", [(64, 9, 23), (16, 3, 11)])
-def test_official_layouts_give_expected_dense_norm_nodes(tmp_path: Path, features: int, residuals: int,
-                                                         nodes: int) -> None:
+def test_official_layouts_give_expected_dense_norm_nodes(
+    tmp_path: Path, features: int, residuals: int, nodes: int
+) -> None:
     ckpt, _ = save_checkpoint(tmp_path, "official", features=features, residuals=residuals)
     out = tmp_path / "o.dnrt"
     result = run_cli([str(ckpt), "-o", str(out), "--quiet"] + (["--no-validate"] if features == 64 else []))
@@ -133,9 +157,17 @@ def test_code_carrying_pickle_is_refused_in_a_real_process(tmp_path: Path) -> No
     evil = tmp_path / "evil.pth"
     torch.save({"block1.0.weight": torch.zeros(1), "x": _Exploit(marker)}, evil)
     proc = subprocess.run(
-        [sys.executable, "-c", "from dnrt.cli import export_model_main; export_model_main()",
-         str(evil), "-o", str(tmp_path / "o.dnrt")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from dnrt.cli import export_model_main; export_model_main()",
+            str(evil),
+            "-o",
+            str(tmp_path / "o.dnrt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

@@ -90,7 +90,9 @@ def test_nine_equal_entries_reduce_to_constant_statistics() -> None:
     expected = (x - mean[:, None, None]) / (std[:, None, None] + S.DN_EPS)
     np.testing.assert_allclose(y, expected, rtol=1e-13)
     # and with the std fed as sigma - eps, the op divides by exactly sigma (TIN/KIN path)
-    y2 = S.dense_normalize(x, S.constant_neighbourhood(mean), S.constant_neighbourhood(S.std_for_dense_op(std)))
+    y2 = S.dense_normalize(
+        x, S.constant_neighbourhood(mean), S.constant_neighbourhood(S.std_for_dense_op(std))
+    )
     np.testing.assert_allclose(y2, (x - mean[:, None, None]) / std[:, None, None], rtol=1e-12)
 
 
@@ -137,7 +139,12 @@ def test_batched_inputs_broadcast_per_sample() -> None:
 
 @pytest.mark.parametrize(
     "mode,ddof,eps,floor",
-    [("in", 0, 1e-5, 0.0), ("tin", 1, 1e-5, 0.0), ("kin", 1, 0.0, math.sqrt(1e-5)), ("dn", 1, 0.0, math.sqrt(1e-5))],
+    [
+        ("in", 0, 1e-5, 0.0),
+        ("tin", 1, 1e-5, 0.0),
+        ("kin", 1, 0.0, math.sqrt(1e-5)),
+        ("dn", 1, 0.0, math.sqrt(1e-5)),
+    ],
 )
 def test_collect_flavours(mode: str, ddof: int, eps: float, floor: float) -> None:
     flavour = S.collect_flavour(mode)
@@ -211,6 +218,7 @@ def test_kin_smoothing_with_replication_padding() -> None:
     table = RNG.normal(size=(4, 5, 3))
     kernel = S.kin_kernel(3)
     smooth = S.kin_smooth(table, kernel)
+
     # brute force for one corner and one inner entry
     def entry(r: int, q: int) -> np.ndarray:
         acc = np.zeros(3)

@@ -33,7 +33,9 @@ def test_dense_norm_nodes_are_tagged_for_the_plugin_and_lose_their_body(small_bu
 
 
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed (it is not served by PyPI for this machine)")
+@pytest.mark.skipif(
+    not HAS_TENSORRT, reason="TensorRT is not installed (it is not served by PyPI for this machine)"
+)
 def test_trt_backend_matches_ort(small_bundle_path) -> None:  # pragma: no cover - needs TensorRT and a GPU
     import numpy as np
 

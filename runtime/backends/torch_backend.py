@@ -36,7 +36,9 @@ def cuda_available() -> bool:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+    def __init__(
+        self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None
+    ):
         super().__init__(bundle)
         if precision not in ("fp32", "fp16"):
             raise DnrtError(f"unknown precision {precision!r} (expected fp32 or fp16)")
@@ -77,7 +79,9 @@ class TorchBackend(Backend):
         try:
             generator.load_state_dict(load_file(str(self.bundle.weights)), strict=True)
         except RuntimeError as exc:
-            raise DnrtError(f"bundle weights do not fit architecture {m.architecture}: {str(exc).splitlines()[0]}") from None
+            raise DnrtError(
+                f"bundle weights do not fit architecture {m.architecture}: {str(exc).splitlines()[0]}"
+            ) from None
         model = convert(generator, m.in_channels)
         if [(ly.channels, ly.stride, ly.activation) for ly in model.layers] != [
             (ly.channels, ly.stride, ly.activation) for ly in m.layers
@@ -88,7 +92,10 @@ class TorchBackend(Backend):
         # Norm buffers (gamma/beta) stay float32: the statistics path is float32 throughout.
         self.model = model.to(self.device)
         if self.device.type == "cuda":
-            self.streams = {"collect": torch.cuda.Stream(self.device), "infer": torch.cuda.Stream(self.device)}
+            self.streams = {
+                "collect": torch.cuda.Stream(self.device),
+                "infer": torch.cuda.Stream(self.device),
+            }
         if self.dtype == torch.float16:
             from dnrt.export.norm import DenseNorm2d
 
@@ -124,7 +131,9 @@ class TorchBackend(Backend):
             tensor = tensor.pin_memory()  # pinned, so the copy is asynchronous on this pass's stream
         return tensor.to(self.device, dtype, non_blocking=True)
 
-    def collect(self, tiles: np.ndarray, flavour: CollectFlavour) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def collect(
+        self, tiles: np.ndarray, flavour: CollectFlavour
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode(), self._on_stream("collect"):

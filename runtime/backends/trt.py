@@ -75,7 +75,10 @@ def _check(result: tuple[Any, ...]) -> Any:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DNRT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dnrt"
+    root = (
+        os.environ.get("DNRT_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dnrt"
+    )
     path = Path(root) / "engines"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -166,7 +169,9 @@ class _Engine:
                 ptr = self._device_buffer(name, array.nbytes)
                 _check(cudart.cudaMemcpyAsync(ptr, staged.ctypes.data, array.nbytes, h2d, self.stream))
                 if not self.context.set_input_shape(name, array.shape):
-                    raise DnrtError(f"{self.label}: shape {array.shape} of {name} is outside the engine's profile")
+                    raise DnrtError(
+                        f"{self.label}: shape {array.shape} of {name} is outside the engine's profile"
+                    )
                 self.context.set_tensor_address(name, ptr)
             results = []
             for name in self.outputs:
@@ -204,16 +209,27 @@ class TrtBackend(Backend):
     #: collect and infer run on separate streams, so the scheduler may call them concurrently.
     concurrent_passes = True
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32", batch: int = 4, tile: int | None = None,
-                 margin: int | None = None, device_index: int = 0, plugin: str | None = None,
-                 workspace_mb: int = 4096, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        precision: str = "fp32",
+        batch: int = 4,
+        tile: int | None = None,
+        margin: int | None = None,
+        device_index: int = 0,
+        plugin: str | None = None,
+        workspace_mb: int = 4096,
+        threads: int | None = None,
+    ) -> None:
         super().__init__(bundle)
         if precision not in ("fp32", "fp16"):
             raise DnrtError(f"unknown precision {precision!r} (expected fp32 or fp16)")
         self.precision = precision
         tile = tile or self.manifest.tile
         margin = self.manifest.margin if margin is None else margin
-        self.profile = Profile(size=tile + 2 * margin, min_size=min(tile, tile + 2 * margin), batch=max(1, batch))
+        self.profile = Profile(
+            size=tile + 2 * margin, min_size=min(tile, tile + 2 * margin), batch=max(1, batch)
+        )
         self.device_index = device_index
         self.plugin_path = plugin
         self.workspace = workspace_mb << 20
@@ -234,15 +250,23 @@ class TrtBackend(Backend):
         registry = trt.get_plugin_registry()
         registry.load_library(str(path))
         if registry.get_creator("DenseNorm", PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
-            raise DnrtError(f"{path} loaded but registers no DenseNorm creator in namespace {PLUGIN_NAMESPACE}")
+            raise DnrtError(
+                f"{path} loaded but registers no DenseNorm creator in namespace {PLUGIN_NAMESPACE}"
+            )
 
     def engine_key(self, graph: bytes, gpu: str, capability: str, trt_version: str) -> str:
         digest = hashlib.sha256(graph).hexdigest()[:16]
         safe_gpu = "".join(ch if ch.isalnum() else "-" for ch in gpu)
         return f"{digest}_{safe_gpu}_sm{capability}_trt{trt_version}_{self.precision}_{self.profile.key()}"
 
-    def _build(self, trt: Any, logger: Any, graph: bytes, input_shapes: dict[str, tuple[tuple, tuple, tuple]],
-               timing_path: Path) -> bytes:
+    def _build(
+        self,
+        trt: Any,
+        logger: Any,
+        graph: bytes,
+        input_shapes: dict[str, tuple[tuple, tuple, tuple]],
+        timing_path: Path,
+    ) -> bytes:
         builder = trt.Builder(logger)
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, logger)
@@ -280,7 +304,11 @@ class TrtBackend(Backend):
         cin = self.manifest.in_channels
         channels = self.manifest.total_channels
         shapes: dict[str, tuple[tuple, tuple, tuple]] = {
-            "tiles": ((1, cin, p.min_size, p.min_size), (p.batch, cin, p.size, p.size), (p.batch, cin, p.size, p.size))
+            "tiles": (
+                (1, cin, p.min_size, p.min_size),
+                (p.batch, cin, p.size, p.size),
+                (p.batch, cin, p.size, p.size),
+            )
         }
         if which == "dense":
             for name in ("nbr_mean", "nbr_std"):
@@ -288,7 +316,9 @@ class TrtBackend(Backend):
         key = self.engine_key(graph, gpu, capability, trt.__version__)
         engine_path = cache_dir() / f"{which}_{key}.engine"
         if not engine_path.is_file():
-            data = self._build(trt, logger, graph, shapes, cache_dir() / f"timing_{gpu.replace(' ', '-')}.cache")
+            data = self._build(
+                trt, logger, graph, shapes, cache_dir() / f"timing_{gpu.replace(' ', '-')}.cache"
+            )
             tmp = engine_path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, engine_path)
@@ -331,18 +361,24 @@ class TrtBackend(Backend):
         return f"TensorRT {trt.__version__} on {getattr(self, 'gpu_name', 'GPU')}, {self.precision}"
 
     # -- the two passes -------------------------------------------------------------------
-    def _batched(self, engine: _Engine, batched: dict[str, np.ndarray],
-                 fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def _batched(
+        self, engine: _Engine, batched: dict[str, np.ndarray], fixed: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run in chunks of at most the profile's batch; ``fixed`` inputs are not sliced."""
         fixed = fixed or {}
         n = next(iter(batched.values())).shape[0]
         step = self.profile.batch
         if n <= step:
             return engine.run({**batched, **fixed})
-        parts = [engine.run({**{k: v[i : i + step] for k, v in batched.items()}, **fixed}) for i in range(0, n, step)]
+        parts = [
+            engine.run({**{k: v[i : i + step] for k, v in batched.items()}, **fixed})
+            for i in range(0, n, step)
+        ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
-    def collect(self, tiles: np.ndarray, flavour: CollectFlavour) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def collect(
+        self, tiles: np.ndarray, flavour: CollectFlavour
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         assert self.stats_engine is not None, "backend not activated"
         out = self._batched(self.stats_engine, {"tiles": tiles}, {"collect_params": flavour.as_array()})
         return out["image"], out["tile_mean"], out["tile_std"]

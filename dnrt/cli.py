@@ -174,6 +174,46 @@ def info_command(model: Path, as_json: bool) -> None:
     click.echo(f"dnrt          {m.dnrt_version} (bundle format {m.format_version}, opset {m.opset})")
 
 
+@main.command("build-plugins", cls=DnrtCommand)
+@click.option("--build-dir", type=click.Path(path_type=Path), default=None,
+              help="CMake build folder [default: build/plugins in the source tree].")
+@click.option("--tensorrt-include", type=click.Path(path_type=Path), default=None,
+              help="TensorRT's include folder (holding NvInfer.h): also build libdnrt_trt_plugin.so.")
+@click.option("--tensorrt-lib", type=click.Path(path_type=Path), default=None, help="TensorRT's lib folder.")
+@click.option("--cuda-arch", default=None, help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 or native [default: 75..90+PTX].")
+@click.option("--cpu-only", is_flag=True, help="Build only the CPU twin of the kernels (no nvcc needed).")
+@click.option("--quiet", is_flag=True, help="Hide the compiler output.")
+def build_plugins_command(build_dir: Path | None, tensorrt_include: Path | None, tensorrt_lib: Path | None,
+                          cuda_arch: str | None, cpu_only: bool, quiet: bool) -> None:
+    """Build the CUDA kernels library and, with TensorRT headers, the TensorRT plugin."""
+    from dnrt.kernels import build_plugins
+
+    built = build_plugins(build_dir, tensorrt_include=tensorrt_include, tensorrt_lib=tensorrt_lib, quiet=quiet,
+                          cuda_architectures=cuda_arch, cuda=not cpu_only)
+    for name, path in built.items():
+        click.echo(f"built {name}: {path}")
+    if built and build_dir is not None:
+        click.echo(f"set DNRT_PLUGIN_DIR={build_dir} so dnrt finds them", err=True)
+
+
+@main.command("build-engine", cls=DnrtCommand)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Largest tile batch.")
+@click.option("--tile", type=click.IntRange(min=8), default=None, help="Tile size [default: the bundle's].")
+@click.option("--margin", type=click.IntRange(min=0), default=None, help="Margin [default: the bundle's].")
+def build_engine_command(model: Path, precision: str, batch: int, tile: int | None, margin: int | None) -> None:
+    """Build (and cache) the TensorRT engines of a bundle ahead of time."""
+    from dnrt.bundle import load_bundle
+    from dnrt.runtime.backends import get_backend
+    from dnrt.runtime.backends.trt import cache_dir
+
+    bundle = load_bundle(model)
+    backend = get_backend("trt", bundle, precision=precision, batch=batch, tile=tile, margin=margin)
+    with backend:
+        click.echo(f"engines ready in {cache_dir()} ({backend.describe()})")
+
+
 def _register_optional_commands() -> None:
     """Commands that live with the runtime, added when their modules exist."""
     try:

@@ -214,6 +214,33 @@ def build_engine_command(model: Path, precision: str, batch: int, tile: int | No
         click.echo(f"engines ready in {cache_dir()} ({backend.describe()})")
 
 
+@main.command("trt-onnx", cls=DnrtCommand)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Where to write the TensorRT-ready DN graph (.onnx).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
+    """Write the bundle's DN graph for trtexec: DenseNorm bound to the plugin, not its body.
+
+    trtexec --onnx=OUT --dynamicPlugins=libdnrt_trt_plugin.so
+    """
+    from dnrt.bundle import load_bundle
+    from dnrt.runtime.backends.trt import prepare_onnx_for_tensorrt
+
+    bundle = load_bundle(model)
+    if output.exists() and not overwrite:
+        raise DnrtError(f"{output} exists; pass --overwrite to replace it")
+    data = prepare_onnx_for_tensorrt(bundle.dense_graph.read_bytes())
+    tmp = output.with_name(f".{output.name}.dnrt-tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DnrtError(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"wrote {output}: DenseNorm nodes tagged plugin_namespace=dnrt, function body removed")
+
+
 def _register_optional_commands() -> None:
     """Commands that live with the runtime, added when their modules exist."""
     try:

@@ -122,7 +122,7 @@ class DenseNorm2d(nn.Module):
         ctx: NormContext = self.context  # type: ignore[assignment]
         if ctx.mode == "collect":
             return self._collect(x, ctx)
-        return self._apply(x, ctx)
+        return self._apply_neighbourhoods(x, ctx)
 
     def _collect(self, x: Tensor, ctx: NormContext) -> Tensor:
         params = ctx.collect_params
@@ -143,7 +143,7 @@ class DenseNorm2d(nn.Module):
         ctx.stds.append(std.flatten(1))
         return y.to(out_dtype)
 
-    def _apply(self, x: Tensor, ctx: NormContext) -> Tensor:
+    def _apply_neighbourhoods(self, x: Tensor, ctx: NormContext) -> Tensor:
         assert ctx.nbr_mean is not None and ctx.nbr_std is not None, "apply mode needs neighbourhoods"
         sl = slice(self.offset, self.offset + self.channels)
         return dense_norm(

@@ -1,0 +1,227 @@
+"""``trt-translate`` / ``dnrt translate``: translate an image file through a model bundle.
+
+Every problem the user can cause (missing or unreadable input, wrong pixel
+format, broken bundle, existing output, bad option) ends as one line on
+stderr, ``error: ...``, and a non-zero exit: 2 for usage errors, 1 for
+failures, 130 for Ctrl-C. The output only appears once complete (the writer
+renames a temporary file), so none of these leave a partial file behind.
+Set ``DNRT_DEBUG=1`` to get the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dnrt.errors import DnrtError
+from dnrt.semantics import STD_FLOOR_DEFAULT
+
+MODES = ("in", "tin", "kin", "dn")
+SCHEDULES = ("streaming", "two-pass")
+# Kept in sync with dnrt.runtime.backends.BACKEND_NAMES (not imported: --help stays instant).
+BACKENDS = ("auto", "ort", "ort-cuda", "torch", "torch-cuda", "trt")
+
+
+class CliError(click.ClickException):
+    """Printed as a single ``error: ...`` line, whatever command group runs us."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class _OneLineCommand(click.Command):
+    """Turns click's usage errors (unknown mode, missing -o, ...) into one line too."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            name = info_name or "trt-translate"
+            if parent is not None:
+                name = f"{parent.command_path} {name}"
+            hint = f" (see {name} --help)"
+            raise CliError(exc.format_message() + hint, exit_code=2) from None
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+@click.command(
+    "translate",
+    cls=_OneLineCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("input", type=click.Path(path_type=Path, dir_okay=True))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output image (.tif: tiled BigTIFF).",
+)
+@click.option(
+    "-m",
+    "--model",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Model bundle directory (export-model).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES, case_sensitive=False),
+    default="dn",
+    show_default=True,
+    help="Normalization: in (patch-wise), tin (thumbnail), kin (kernelized), dn (dense).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES, case_sensitive=False),
+    default="streaming",
+    show_default=True,
+    help="streaming computes statistics a row ahead of inference; two-pass does all statistics first. "
+    "Both give bit-identical output.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS, case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="auto picks trt > torch-cuda > ort-cuda > ort.",
+)
+@click.option("--tile", type=int, callback=_positive, help="Tile size in pixels [default: the bundle's].")
+@click.option("--margin", type=int, help="Reflect margin around each tile [default: the bundle's].")
+@click.option(
+    "--batch",
+    type=int,
+    callback=_positive,
+    help="Tiles per backend call [default: 1 on the CPU, 4 on a GPU].",
+)
+@click.option(
+    "--kin-kernel", type=int, default=5, show_default=True, help="KIN smoothing window (odd, in tiles)."
+)
+@click.option(
+    "--kin-kernel-type",
+    type=click.Choice(("constant", "gaussian"), case_sensitive=False),
+    default="constant",
+    show_default=True,
+)
+@click.option(
+    "--std-floor",
+    type=float,
+    default=STD_FLOOR_DEFAULT,
+    show_default="sqrt(1e-5)",
+    help="Lower bound of every KIN/DN std (keeps flat regions finite).",
+)
+@click.option(
+    "--threads", type=int, callback=_positive, help="CPU threads for the model [default: all cores]."
+)
+@click.option(
+    "--overlap/--no-overlap",
+    default=None,
+    help="Streaming KIN/DN: run statistics and inference side by side [default: the backend decides].",
+)
+@click.option(
+    "--compression",
+    default="zlib",
+    show_default=True,
+    help="Output TIFF compression: zlib, none, lzw, zstd, jpeg, webp (NAME:LEVEL allowed).",
+)
+@click.option("--pyramid", is_flag=True, help="Add reduced-resolution levels (OpenSlide/QuPath readable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
+def translate_command(
+    input: Path,
+    output: Path,
+    model: Path,
+    mode: str,
+    schedule: str,
+    backend: str,
+    tile: int | None,
+    margin: int | None,
+    batch: int | None,
+    kin_kernel: int,
+    kin_kernel_type: str,
+    std_floor: float,
+    threads: int | None,
+    overlap: bool | None,
+    compression: str,
+    pyramid: bool,
+    overwrite: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Translate INPUT tile by tile with a model bundle, writing OUTPUT of the same size."""
+    # tifffile logs its parse problems before raising; dnrt turns the exception into the one
+    # error line, so keep those records off stderr unless the application configured logging.
+    tiff_logger = logging.getLogger("tifffile")
+    if not any(isinstance(h, logging.NullHandler) for h in tiff_logger.handlers):
+        tiff_logger.addHandler(logging.NullHandler())
+    try:
+        from dnrt.runtime.api import translate
+
+        report = translate(
+            input,
+            output,
+            model,
+            mode=mode.lower(),
+            schedule=schedule.lower(),
+            backend=backend.lower(),
+            tile=tile,
+            margin=margin,
+            batch=batch,
+            kin_kernel=kin_kernel,
+            kin_kernel_type=kin_kernel_type.lower(),
+            std_floor=std_floor,
+            threads=threads,
+            overlap=overlap,
+            compression=compression,
+            pyramid=pyramid,
+            overwrite=overwrite,
+            progress=False if quiet else None,
+        )
+    except DnrtError as exc:
+        raise CliError(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise CliError("interrupted; no output written", 130) from None
+    except MemoryError:
+        raise CliError("out of memory; try a smaller --batch or --tile", 1) from None
+    except Exception as exc:
+        if os.environ.get("DNRT_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CliError(
+            f"unexpected {type(exc).__name__}: {message} (set DNRT_DEBUG=1 for the traceback)", 1
+        ) from None
+    if as_json:
+        click.echo(report.to_json())
+    elif not quiet:
+        s = report.seconds
+        click.echo(
+            f"{output}: {report.width} x {report.height}, {report.tiles} tiles, mode {report.mode}, "
+            f"{report.schedule}, {s['total']:.2f} s ({report.megapixels_per_s:.2f} MP/s) on {report.backend}",
+            err=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for a standalone ``trt-translate`` script."""
+    translate_command.main(args=argv, prog_name="trt-translate")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

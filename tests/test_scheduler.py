@@ -1,0 +1,401 @@
+"""Schedules against a brute-force translation written straight from dn-semantics.md.
+
+Every test takes a ``backend_factory`` fixture so the same checks run on each
+backend: the numpy toy (``fake``) and the same toy exported to ONNX and run by
+ONNX Runtime (``ort``). Real bundles plug in the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import MARGIN, TILE, FakeBackend, fake_bundle, write_toy_bundle
+
+from dnrt.bundle import Bundle, load_bundle
+from dnrt.errors import DnrtError
+from dnrt.runtime.api import ArraySink, ArraySource, Translator
+from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.plan import TilePlan
+from dnrt.runtime.scheduler import ScheduleOptions, Scheduler
+from dnrt.runtime.tables import DenseStats, StatisticsReadBeforeWritten
+from dnrt.semantics import (
+    STD_FLOOR_DEFAULT,
+    area_resize,
+    collect_flavour,
+    constant_neighbourhood,
+    from_network,
+    gather_neighbourhood,
+    kin_kernel,
+    kin_smooth,
+    std_for_dense_op,
+    to_network,
+)
+
+MODES = ("in", "tin", "kin", "dn")
+SCHEDULES = ("streaming", "two-pass")
+
+BackendFactory = Callable[..., Backend]
+
+
+@pytest.fixture(scope="module")
+def toy_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnx")
+    return write_toy_bundle(tmp_path_factory.mktemp("toy") / "bundle")
+
+
+@pytest.fixture(params=["fake", "ort", "ort-official"])
+def backend_factory(request: pytest.FixtureRequest) -> BackendFactory:
+    """``factory(tile=..., margin=...) -> Backend`` for each backend under test.
+
+    ``ort-official`` is the exporter's real bundle of a tiny official generator
+    (``small_bundle_path`` from conftest.py; needs torch to export).
+    """
+    if request.param == "fake":
+        return lambda tile=TILE, margin=MARGIN: FakeBackend(fake_bundle(tile=tile, margin=margin))
+    pytest.importorskip("onnxruntime")
+    if request.param == "ort-official":
+        bundle_dir = request.getfixturevalue("small_bundle_path")
+    else:
+        bundle_dir = request.getfixturevalue("toy_bundle_dir")
+
+    def make(tile: int = TILE, margin: int = MARGIN) -> Backend:
+        from dnrt.runtime.backends.ort import OrtBackend
+
+        bundle = load_bundle(bundle_dir)
+        bundle.manifest.tile, bundle.manifest.margin = tile, margin
+        return OrtBackend(bundle, threads=2)
+
+    return make
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Smooth-ish content plus noise, so statistics vary across tiles like a real image's.
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 128 + 80 * np.sin(yy[..., None] / 9.0 + np.array([0, 1, 2])) * np.cos(xx[..., None] / 13.0)
+    return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+def reference_translate(
+    backend: Backend,
+    image: np.ndarray,
+    mode: str,
+    tile: int = TILE,
+    margin: int = MARGIN,
+    std_floor: float = STD_FLOOR_DEFAULT,
+    k: int = 5,
+    kernel_type: str = "constant",
+) -> np.ndarray:
+    """dn-semantics.md sections 1-4 and 8, one tile at a time, no cleverness."""
+    h, w = image.shape[:2]
+    rows, cols = -(-h // tile), -(-w // tile)
+    padded = np.pad(image, ((0, rows * tile - h), (0, cols * tile - w), (0, 0)), mode="reflect")
+
+    def net_input(r: int, q: int) -> np.ndarray:
+        t = padded[r * tile : (r + 1) * tile, q * tile : (q + 1) * tile]
+        t = np.pad(t, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
+        return to_network(t).transpose(2, 0, 1)[None]
+
+    out = np.zeros((rows * tile, cols * tile, 3), np.uint8)
+
+    def put(r: int, q: int, y: np.ndarray) -> None:
+        crop = y[0, :, margin : margin + tile, margin : margin + tile].transpose(1, 2, 0)
+        out[r * tile : (r + 1) * tile, q * tile : (q + 1) * tile] = from_network(crop)
+
+    def dense(r: int, q: int, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> None:
+        put(
+            r,
+            q,
+            backend.infer(
+                net_input(r, q), nbr_mean[None].astype(np.float32), nbr_std[None].astype(np.float32)
+            ),
+        )
+
+    if mode == "in":
+        for r in range(rows):
+            for q in range(cols):
+                put(r, q, backend.collect(net_input(r, q), collect_flavour("in"))[0])
+    elif mode == "tin":
+        thumb = area_resize(image, tile, tile)
+        x = (thumb / 127.5 - 1.0).astype(np.float32).transpose(2, 0, 1)[None]
+        _, mean, std = backend.collect(x, collect_flavour("tin"))
+        for r in range(rows):
+            for q in range(cols):
+                dense(r, q, constant_neighbourhood(mean[0]), constant_neighbourhood(std_for_dense_op(std[0])))
+    else:
+        flavour = collect_flavour(mode, std_floor)
+        n = backend.manifest.total_channels
+        means, stds = np.zeros((rows, cols, n), np.float32), np.zeros((rows, cols, n), np.float32)
+        for r in range(rows):
+            for q in range(cols):
+                _, m, s = backend.collect(net_input(r, q), flavour)
+                means[r, q], stds[r, q] = m[0], s[0]
+        if mode == "kin":
+            kernel = kin_kernel(k, kernel_type)
+            sm_mean = kin_smooth(means, kernel)
+            sm_std = np.maximum(kin_smooth(stds, kernel), std_floor)
+            for r in range(rows):
+                for q in range(cols):
+                    nbr_std = constant_neighbourhood(std_for_dense_op(sm_std[r, q]))
+                    dense(r, q, constant_neighbourhood(sm_mean[r, q]), nbr_std)
+        else:
+            for r in range(rows):
+                for q in range(cols):
+                    nbr_std = np.maximum(gather_neighbourhood(stds, r, q), std_floor)
+                    dense(r, q, gather_neighbourhood(means, r, q), nbr_std)
+    return out[:h, :w]
+
+
+def _translate(backend: Backend, image: np.ndarray, **options) -> np.ndarray:
+    with Translator(backend=backend, **options) as translator:
+        return translator.translate(image)
+
+
+# --------------------------------------------------------------------------- correctness
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_matches_reference(backend_factory: BackendFactory, mode: str, schedule: str) -> None:
+    image = _image(50, 70)  # 4 x 5 tiles, the last row and column partial
+    backend = backend_factory()
+    got = _translate(backend, image, mode=mode, schedule=schedule, batch=1)
+    expected = reference_translate(backend_factory(), image, mode)
+    assert got.shape == image.shape
+    if mode == "tin":
+        # The streamed thumbnail differs from area_resize in the last float64 bits only.
+        assert np.abs(got.astype(int) - expected).max() <= 1
+        assert (got != expected).mean() < 0.01
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(("h", "w"), [(5, 3), (16, 16), (17, 33), (1, 40), (33, 1)])
+@pytest.mark.parametrize("mode", ["in", "kin", "dn"])
+def test_odd_sizes_match_reference(h: int, w: int, mode: str) -> None:
+    image = _image(h, w, seed=h * w)
+    got = _translate(FakeBackend(fake_bundle()), image, mode=mode, batch=2)
+    assert got.shape == image.shape
+    np.testing.assert_array_equal(got, reference_translate(FakeBackend(fake_bundle()), image, mode))
+
+
+def test_kin_gaussian_and_floor_options() -> None:
+    image = _image(40, 40, seed=3)
+    got = _translate(
+        FakeBackend(fake_bundle()),
+        image,
+        mode="kin",
+        kin_kernel=3,
+        kin_kernel_type="gaussian",
+        std_floor=0.05,
+    )
+    expected = reference_translate(
+        FakeBackend(fake_bundle()), image, "kin", std_floor=0.05, k=3, kernel_type="gaussian"
+    )
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_modes_differ() -> None:
+    """Guards the reference itself: the four modes must not collapse into one computation."""
+    image = _image(50, 70)
+    outs = {m: reference_translate(FakeBackend(fake_bundle()), image, m) for m in MODES}
+    for a in MODES:
+        for b in MODES:
+            if a < b:
+                assert not np.array_equal(outs[a], outs[b]), (a, b)
+
+
+# --------------------------------------------------------------------------- bit-identity
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_streaming_equals_two_pass_bitwise(backend_factory: BackendFactory, mode: str, batch: int) -> None:
+    image = _image(60, 90, seed=batch)
+    outs = [_translate(backend_factory(), image, mode=mode, schedule=s, batch=batch) for s in SCHEDULES]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("mode", ["kin", "dn"])
+def test_bit_identity_survives_batch_dependent_backend(mode: str) -> None:
+    """A backend whose numbers depend on the batch (ORT can) still gives identical schedules."""
+    image = _image(60, 90, seed=7)
+
+    def run(schedule: str, batch: int, overlap: bool = False) -> np.ndarray:
+        backend = FakeBackend(fake_bundle(), batch_sensitive=True)
+        return _translate(backend, image, mode=mode, schedule=schedule, batch=batch, overlap=overlap)
+
+    streaming = run("streaming", 4)
+    assert not np.array_equal(streaming, run("streaming", 1)), "the fake should be batch-sensitive"
+    np.testing.assert_array_equal(streaming, run("two-pass", 4))
+    np.testing.assert_array_equal(streaming, run("streaming", 4, overlap=True))
+
+
+@pytest.mark.parametrize("mode", ["kin", "dn"])
+def test_overlapped_streaming_equals_sequential(backend_factory: BackendFactory, mode: str) -> None:
+    image = _image(70, 50, seed=11)
+    a = _translate(backend_factory(), image, mode=mode, overlap=True, batch=2)
+    b = _translate(backend_factory(), image, mode=mode, overlap=False, batch=2)
+    np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+class _Recorder:
+    """A source and sink that log the order of reads and writes."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.source = ArraySource(image)
+        self.sink = ArraySink(*image.shape)
+        self.events: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+        self.height, self.width, self.channels = self.source.height, self.source.width, self.source.channels
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        with self.lock:
+            self.events.append(("read", y1))
+        return self.source.read_region(y0, y1, x0, x1)
+
+    def write_band(self, band: np.ndarray) -> None:
+        with self.lock:
+            self.events.append(("write", band.shape[0]))
+        self.sink.write_band(band)
+
+
+@pytest.mark.parametrize(("mode", "lookahead"), [("dn", 1), ("kin", 2)])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_streaming_holds_only_the_lookahead_window(mode: str, lookahead: int, overlap: bool) -> None:
+    image = _image(16 * 9, 40, seed=5)  # 9 tile rows
+    backend = FakeBackend(fake_bundle())
+    plan = TilePlan.create(image.shape[0], image.shape[1], TILE, MARGIN, backend.manifest.strides)
+    options = ScheduleOptions(mode=mode, schedule="streaming", batch=2, overlap=overlap, read_ahead=1)
+    rec = _Recorder(image)
+    Scheduler(backend, plan, options).run(rec, rec)
+    reads = writes = 0
+    worst = 0
+    for kind, _ in rec.events:
+        reads += kind == "read"
+        writes += kind == "write"
+        worst = max(worst, reads - writes)
+    # Rows read but not yet written: the row being inferred and its look-ahead, plus one band
+    # waiting in the reader's queue (read_ahead=1; producers reserve room before reading, so a
+    # blocked reader holds nothing). Overlapped: one band being collected and one handed over.
+    bound = 1 + lookahead + 1 + (2 if overlap else 0)
+    assert worst <= bound
+    assert reads == writes == plan.rows
+    np.testing.assert_array_equal(
+        rec.sink.pixels, reference_translate(FakeBackend(fake_bundle()), image, mode)
+    )
+
+
+def test_statistics_never_read_before_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The written-mask check is live: a scheduler that looks ahead too little is caught."""
+    monkeypatch.setattr(DenseStats, "lookahead", 0)
+    with pytest.raises(StatisticsReadBeforeWritten):
+        _translate(FakeBackend(fake_bundle()), _image(40, 40), mode="dn", schedule="streaming")
+
+
+def test_uniform_region_gives_finite_output_in_every_mode() -> None:
+    """Section 8: a perfectly flat region over several tiles (std = 0) must not produce NaN/garbage."""
+    image = _image(96, 112, seed=2)
+    image[8:88, 10:100] = 200  # whole tiles (rows 1-4, cols 1-5) and parts of their neighbours
+
+    class Checked(FakeBackend):
+        def collect(self, tiles, flavour):
+            image_, mean, std = super().collect(tiles, flavour)
+            assert np.isfinite(image_).all() and np.isfinite(mean).all() and np.isfinite(std).all()
+            return image_, mean, std
+
+        def infer(self, tiles, nbr_mean, nbr_std):
+            assert np.isfinite(nbr_mean).all() and np.isfinite(nbr_std).all()
+            assert nbr_std.min() > 0
+            y = super().infer(tiles, nbr_mean, nbr_std)
+            assert np.isfinite(y).all()
+            return y
+
+    outs = {}
+    for mode in MODES:
+        outs[mode] = _translate(Checked(fake_bundle()), image, mode=mode)
+    # Flat tiles next to textured ones are where the reference explodes; with the floor DN stays
+    # bounded there and, on flat tiles whose neighbours are flat too, equals patch-wise IN.
+    interior = (slice(32, 64), slice(32, 80))
+    diff = np.abs(outs["dn"][interior].astype(int) - outs["in"][interior])
+    assert diff.max() <= 1
+
+
+# --------------------------------------------------------------------------- errors and report
+
+
+def test_reader_errors_surface_without_hanging() -> None:
+    class Broken(ArraySource):
+        def read_region(self, y0, y1, x0, x1):
+            if y0 >= 32:
+                raise DnrtError("truncated TIFF: strip 3 is missing")
+            return super().read_region(y0, y1, x0, x1)
+
+    backend = FakeBackend(fake_bundle())
+    plan = TilePlan.create(64, 40, TILE, MARGIN, backend.manifest.strides)
+    for overlap in (False, True):
+        scheduler = Scheduler(backend, plan, ScheduleOptions(mode="dn", overlap=overlap))
+        with pytest.raises(DnrtError, match="truncated"):
+            scheduler.run(Broken(_image(64, 40)), ArraySink(64, 40, 3))
+
+
+def test_input_validation() -> None:
+    backend = FakeBackend(fake_bundle())
+    with pytest.raises(DnrtError, match="3-channel"):
+        _translate(backend, np.zeros((20, 20), np.uint8))
+    with pytest.raises(DnrtError, match="uint8"):
+        _translate(backend, np.zeros((20, 20, 3), np.float32))
+    with pytest.raises(DnrtError, match="mode"):
+        Translator(backend=backend, mode="bn")
+    with pytest.raises(DnrtError, match="schedule"):
+        Translator(backend=backend, schedule="one-stage")
+    with pytest.raises(DnrtError, match="odd"):
+        Translator(backend=backend, mode="kin", kin_kernel=4)
+    with pytest.raises(DnrtError, match="even"):
+        Translator(backend=backend, margin=3)
+    with pytest.raises(DnrtError, match="TIN"):
+        # Tile 14 + margin 1 gives 16 px network inputs (fine), but the 14 px thumbnail has a 7 px map.
+        _translate(FakeBackend(fake_bundle(tile=14, margin=1)), _image(30, 30), mode="tin")
+
+
+def test_report(backend_factory: BackendFactory) -> None:
+    translator = Translator(backend=backend_factory(), mode="dn", batch=3)
+    out = translator.translate(_image(50, 70))
+    report = translator.last_report
+    translator.close()
+    assert out.shape == (50, 70, 3)
+    assert (report.rows, report.cols, report.tiles, report.tile_runs) == (4, 5, 20, 40)
+    assert report.mode == "dn" and report.schedule == "streaming" and report.batch == 3
+    assert set(report.seconds) == {"read", "thumbnail", "collect", "infer", "write", "total"}
+    assert report.seconds["collect"] > 0 and report.seconds["infer"] > 0
+    assert report.peak_rss_mb > 0 and report.megapixels_per_s > 0
+    assert '"tile_runs": 40' in report.to_json()
+
+
+def test_batches_are_fixed_per_row() -> None:
+    backend = FakeBackend(fake_bundle())
+    _translate(backend, _image(40, 100), mode="dn", batch=3)  # 3 rows x 7 columns
+    sizes = [n for kind, n in backend.calls if kind == "infer"]
+    assert sizes == [3, 3, 1] * 3
+    assert [n for kind, n in backend.calls if kind == "collect"] == [3, 3, 1] * 3
+
+
+def test_bundle_object_and_tile_override(backend_factory: BackendFactory) -> None:
+    """Tile and margin other than the bundle's change the result but keep the semantics."""
+    image = _image(40, 56, seed=9)
+    backend = backend_factory(tile=24, margin=4)
+    got = _translate(backend, image, mode="dn", tile=24, margin=4)
+    np.testing.assert_array_equal(
+        got, reference_translate(backend_factory(tile=24, margin=4), image, "dn", tile=24, margin=4)
+    )
+    assert isinstance(backend.bundle, Bundle)

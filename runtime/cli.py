@@ -60,6 +60,16 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
+def _backend_options(precision: str, device_index: int) -> dict[str, object]:
+    """Only what differs from the defaults, so backends that ignore GPU options never see them."""
+    options: dict[str, object] = {}
+    if precision != "fp32":
+        options["precision"] = precision
+    if device_index != 0:
+        options["device_index"] = device_index
+    return options
+
+
 @click.command(
     "translate",
     cls=_OneLineCommand,
@@ -135,6 +145,14 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     help="Streaming KIN/DN: run statistics and inference side by side [default: the backend decides].",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(("fp32", "fp16"), case_sensitive=False),
+    default="fp32",
+    show_default=True,
+    help="Activation precision on GPU backends (torch-cuda, trt); statistics stay fp32.",
+)
+@click.option("--device", "device_index", type=int, default=0, show_default=True, help="CUDA device index.")
+@click.option(
     "--compression",
     default="zlib",
     show_default=True,
@@ -159,6 +177,8 @@ def translate_command(
     std_floor: float,
     threads: int | None,
     overlap: bool | None,
+    precision: str,
+    device_index: int,
     compression: str,
     pyramid: bool,
     overwrite: bool,
@@ -189,6 +209,7 @@ def translate_command(
             std_floor=std_floor,
             threads=threads,
             overlap=overlap,
+            backend_options=_backend_options(precision.lower(), device_index),
             compression=compression,
             pyramid=pyramid,
             overwrite=overwrite,

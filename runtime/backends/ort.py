@@ -76,8 +76,19 @@ class OrtBackend(Backend):
     #: and needs a quarter of the memory.
     preferred_batch = 1
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str = "fp32",
+        device_index: int = 0,
+    ) -> None:
         super().__init__(bundle)
+        if precision != "fp32":
+            # The bundle's graphs are float32; a half-precision ONNX graph would be a second export.
+            raise DnrtError(f"the ONNX Runtime backend runs fp32 only (asked for {precision}); use torch-cuda or trt")
+        self.device_index = device_index
         if device not in DEVICES:
             raise DnrtError(f"unknown ONNX Runtime device {device!r} (expected one of {', '.join(DEVICES)})")
         if threads is not None and threads < 1:
@@ -127,7 +138,7 @@ class OrtBackend(Backend):
                     "the ort-cuda backend needs onnxruntime-gpu and a CUDA GPU; this onnxruntime offers "
                     f"{', '.join(ort.get_available_providers())} (use --backend ort for the CPU)"
                 )
-            return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+            return [("CUDAExecutionProvider", {"device_id": self.device_index}), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
     def _session(self, path, graph: str):

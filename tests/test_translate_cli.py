@@ -314,6 +314,8 @@ def test_backend_registry(bundle: Path) -> None:
     # Context reaches only the parameters a backend takes (OrtBackend has no tile or batch).
     assert isinstance(backend, OrtBackend) and backend.threads == 3 and backend.device == "cpu"
     with pytest.raises(DnrtError, match="does not take"):
+        get_backend("ort", loaded, workspace_mb=64)
+    with pytest.raises(DnrtError, match="fp32 only"):
         get_backend("ort", loaded, precision="fp16")
     if "ort-cuda" not in available_backends():
         with pytest.raises(DnrtError, match="CUDA"):

@@ -53,11 +53,50 @@ def dense_norm_reference(
     return y.to(x.dtype)
 
 
+_KERNELS: list = []  # [CudaKernels | None], resolved on the first CUDA call
+
+
+def _cuda_kernels():  # -> CudaKernels | None
+    """The fused CUDA kernel library when it is built (``dnrt build-plugins``), else None."""
+    if not _KERNELS:
+        try:
+            from dnrt.kernels import CudaKernels, find_kernels_library
+
+            path = find_kernels_library()
+            _KERNELS.append(CudaKernels(path) if path is not None else None)
+        except Exception:  # a stale or broken build falls back to the eager math
+            _KERNELS.append(None)
+    return _KERNELS[0]
+
+
+def _dense_norm_cuda(kernels, x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor,
+                     eps: float, activation: str) -> Tensor:
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    n, c, h, w = x.shape
+    status = kernels.dense_norm(
+        str(x.dtype).removeprefix("torch."),
+        x.data_ptr(), mean.float().contiguous().data_ptr(), std.float().contiguous().data_ptr(),
+        gamma.float().contiguous().data_ptr(), beta.float().contiguous().data_ptr(), y.data_ptr(),
+        n, c, h, w, eps=eps, relu=activation == "relu", stream=torch.cuda.current_stream(x.device).cuda_stream,
+    )
+    kernels.check(status, "DenseNorm CUDA kernel")
+    return y
+
+
 @torch.library.custom_op("dnrt::dense_norm", mutates_args=())
 def dense_norm(
     x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
 ) -> Tensor:
-    """DenseNorm: ``x [N,C,H,W]``, ``mean/std [N,C,3,3]``, ``gamma/beta [C]`` -> ``[N,C,H,W]``."""
+    """DenseNorm: ``x [N,C,H,W]``, ``mean/std [N,C,3,3]``, ``gamma/beta [C]`` -> ``[N,C,H,W]``.
+
+    On CUDA tensors it runs dnrt's fused kernel (one read of X, one write of Y) when the
+    kernels library is built; otherwise, and on the CPU, the eager separable form.
+    """
+    if x.is_cuda and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        kernels = _cuda_kernels()
+        if kernels is not None:
+            return _dense_norm_cuda(kernels, x, mean, std, gamma, beta, eps, activation)
     return dense_norm_reference(x, mean, std, gamma, beta, eps, activation)
 
 

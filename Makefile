@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: all venv test lint demo plugins capi clean
+.PHONY: all venv test lint demo clean
 
 all: test
 
@@ -23,6 +23,10 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The README's first command: synthetic slide -> shipped demo model -> IN/TIN/KIN/DN -> comparison.png
+demo: venv
+	$(PY) -m dnrt.demo --out demo-out
 
 lint: venv
 	$(VENV)/bin/ruff check dnrt export runtime tests benchmarks

@@ -9,6 +9,10 @@ Example::
 
     with dnrt.Translator("bundle/", mode="kin") as translator:
         out = translator.translate(rgb)          # rgb: uint8 [H, W, 3] -> uint8 [H, W, 3]
+
+``on_progress(done, total)`` follows a run and can stop it: returning ``False`` (or raising
+:class:`~dnrt.errors.Cancelled`) ends the run with ``Cancelled``; ``translate_file`` then
+leaves no output behind.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
@@ -26,14 +32,17 @@ from typing import Any
 import numpy as np
 
 from dnrt.bundle import Bundle, load_bundle
-from dnrt.errors import DnrtError
+from dnrt.errors import Cancelled, DnrtError
 from dnrt.runtime.backends.base import Backend
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, resolve_overlap
 from dnrt.semantics import STD_FLOOR_DEFAULT, Mode
 
-__all__ = ["TranslateReport", "Translator", "translate"]
+__all__ = ["Cancelled", "ProgressCallback", "TranslateReport", "Translator", "translate"]
+
+#: ``on_progress(done, total)``: tile runs done so far and in all; return False to cancel.
+ProgressCallback = Callable[[int, int], "bool | None"]
 
 
 @dataclass
@@ -96,10 +105,18 @@ class ArraySource:
 
 
 class ArraySink:
-    """Collects output bands into one array."""
+    """Collects output bands into one array (a new one, or ``out``: any strides, written in place)."""
 
-    def __init__(self, height: int, width: int, channels: int) -> None:
-        self.pixels = np.empty((height, width, channels), dtype=np.uint8)
+    def __init__(self, height: int, width: int, channels: int, out: np.ndarray | None = None) -> None:
+        if out is None:
+            out = np.empty((height, width, channels), dtype=np.uint8)
+        elif out.shape != (height, width, channels) or out.dtype != np.uint8:
+            raise DnrtError(
+                f"out must be a uint8 array of shape {(height, width, channels)}, got {out.dtype} {out.shape}"
+            )
+        elif not out.flags.writeable:
+            raise DnrtError("out is read-only")
+        self.pixels = out
         self.row = 0
 
     def write_band(self, band: np.ndarray) -> None:
@@ -117,6 +134,39 @@ def _bundle(model: str | os.PathLike | Bundle | None, backend: str | Backend) ->
     return load_bundle(model)
 
 
+class _ProgressHook:
+    """Feeds ``on_progress(done, total)`` from the scheduler's ``(n, phase)`` reports.
+
+    The callback runs only on the thread that started the run (the scheduler may count tiles in
+    a worker thread; those counts are reported at the caller thread's next report), never
+    concurrently with itself, and once per change of ``done``: first ``(0, total)`` before any
+    work, last ``(total, total)``.
+    """
+
+    def __init__(self, callback: ProgressCallback, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+        self.reported = -1
+        self._lock = threading.Lock()
+        self._thread = threading.get_ident()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+        if threading.get_ident() == self._thread:
+            self.report()
+
+    def report(self) -> None:
+        with self._lock:
+            done = self.done
+        if done == self.reported:
+            return
+        self.reported = done
+        if self.callback(done, self.total) is False:
+            raise Cancelled()
+
+
 class Translator:
     """A model bundle loaded on a backend, ready to translate images in one mode.
 
@@ -125,6 +175,9 @@ class Translator:
     (e.g. ``{"precision": "fp16"}``). Tile and margin default to the bundle's; ``batch`` to
     the backend's ``preferred_batch`` (1 for ONNX Runtime on the CPU, else 4). ``overlap``
     (None: the backend decides) runs collect and infer side by side in streaming KIN/DN.
+    ``progress`` shows a tqdm bar (None: on a terminal); ``on_progress(done, total)`` is called
+    on the caller's thread as tile runs complete, and returning False cancels the run
+    (:class:`Cancelled`); it can be changed between runs through the attribute.
     """
 
     def __init__(
@@ -140,10 +193,12 @@ class Translator:
         kin_kernel: int = 5,
         kin_kernel_type: str = "constant",
         std_floor: float = STD_FLOOR_DEFAULT,
+        margin_source: str = "tile",
         overlap: bool | None = None,
         threads: int | None = None,
         progress: bool | None = False,
         backend_options: dict[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> None:
         try:
             mode = Mode(mode)
@@ -163,12 +218,14 @@ class Translator:
             kin_kernel_type=kin_kernel_type,
             overlap=overlap,
         )
-        TilePlan.create(self.tile, self.tile, self.tile, self.margin, manifest.strides)
+        TilePlan.create(self.tile, self.tile, self.tile, self.margin, manifest.strides, margin_source)
+        self.margin_source = margin_source
         if mode is Mode.KIN:
             from dnrt.semantics import kin_kernel as make_kernel
 
             make_kernel(kin_kernel, kin_kernel_type)
         self.progress = progress
+        self.on_progress = on_progress
         if isinstance(backend, Backend):
             self.backend = backend
         else:
@@ -215,14 +272,31 @@ class Translator:
     def _run(self, source: Any, sink: Any, **report_extra: Any) -> TranslateReport:
         manifest = self.bundle.manifest
         self._check_source(source)
-        plan = TilePlan.create(source.height, source.width, self.tile, self.margin, manifest.strides)
+        plan = TilePlan.create(
+            source.height, source.width, self.tile, self.margin, manifest.strides, self.margin_source
+        )
         self.open()
         times = PhaseTimes()
         start = time.perf_counter()
         scheduler = Scheduler(self.backend, plan, self.options, times=times)
         with Progress(scheduler.total_tile_runs, enabled=self.progress) as bar:
             scheduler.progress = bar
+            hook = (
+                None
+                if self.on_progress is None
+                else _ProgressHook(self.on_progress, scheduler.total_tile_runs)
+            )
+            if hook is not None:
+
+                def report(n: int, phase: str) -> None:
+                    bar(n, phase)
+                    hook.add(n)
+
+                scheduler.progress = report
+                hook.report()  # (0, total): the caller may cancel before any work
             scheduler.run(source, sink)
+            if hook is not None:
+                hook.report()  # counts made in worker threads after the last caller-thread report
             closer = getattr(sink, "close", None)
             if closer is not None:
                 t0 = time.perf_counter()
@@ -254,10 +328,14 @@ class Translator:
         self.last_report = report
         return report
 
-    def translate(self, rgb: np.ndarray) -> np.ndarray:
-        """Translate an in-memory image ``uint8 [H, W, C]``; returns ``uint8 [H, W, C_out]``."""
+    def translate(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Translate an in-memory image ``uint8 [H, W, C]``; returns ``uint8 [H, W, C_out]``.
+
+        ``out`` (optional, any strides, must not overlap ``rgb``) receives the result in place
+        and is returned; after an error or a cancellation its content is unspecified.
+        """
         source = ArraySource(rgb)
-        sink = ArraySink(source.height, source.width, self.bundle.manifest.out_channels)
+        sink = ArraySink(source.height, source.width, self.bundle.manifest.out_channels, out)
         self._run(source, sink)
         return sink.pixels
 
@@ -292,7 +370,9 @@ class Translator:
 
         # Everything that can be refused is refused before the output file is created.
         self._check_source(source)
-        TilePlan.create(source.height, source.width, self.tile, self.margin, self.bundle.manifest.strides)
+        TilePlan.create(
+            source.height, source.width, self.tile, self.margin, self.bundle.manifest.strides, self.margin_source
+        )
         self.open()
         writer = open_writer(
             output,
@@ -327,7 +407,7 @@ def translate(
     """Translate the image file ``input`` into ``output`` (tiled BigTIFF, or PNG/JPEG) with a bundle.
 
     ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, batch,
-    kin_kernel, kin_kernel_type, std_floor, overlap, threads, progress). Checks run cheapest
+    kin_kernel, kin_kernel_type, std_floor, overlap, threads, progress, on_progress). Checks run cheapest
     first: the output path, then the input image, then the bundle, then the backend loads.
     """
     from dnrt.runtime.io import check_output_path, open_image

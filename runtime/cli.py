@@ -113,7 +113,15 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     help="auto picks trt > torch-cuda > ort-cuda > ort.",
 )
 @click.option("--tile", type=int, callback=_positive, help="Tile size in pixels [default: the bundle's].")
-@click.option("--margin", type=int, help="Reflect margin around each tile [default: the bundle's].")
+@click.option("--margin", type=int, help="Margin around each tile [default: the bundle's].")
+@click.option(
+    "--margin-source",
+    type=click.Choice(("tile", "image"), case_sensitive=False),
+    default="tile",
+    show_default=True,
+    help="tile: the margin mirrors the tile itself (the DN reference's geometry); "
+    "image: the margin is the neighbouring pixels (true context, fewer convolution seams).",
+)
 @click.option(
     "--batch",
     type=int,
@@ -171,6 +179,7 @@ def translate_command(
     backend: str,
     tile: int | None,
     margin: int | None,
+    margin_source: str,
     batch: int | None,
     kin_kernel: int,
     kin_kernel_type: str,
@@ -203,6 +212,7 @@ def translate_command(
             backend=backend.lower(),
             tile=tile,
             margin=margin,
+            margin_source=margin_source.lower(),
             batch=batch,
             kin_kernel=kin_kernel,
             kin_kernel_type=kin_kernel_type.lower(),

@@ -5,7 +5,11 @@ The image is cut into ``R x Q`` tiles of ``T x T`` with stride ``T``. It is
 mirror, numpy's ``'reflect'``, so an image smaller than one tile still works),
 and each tile then gets its own reflect pad of ``M`` on every side
 (``np.pad(tile, M, 'reflect')``: the reference's margin is a mirror of the tile
-itself, not the neighbouring tiles' pixels). Nothing is ever padded for real:
+itself, not the neighbouring tiles' pixels). With ``margin_source="image"`` the
+margin is instead the real neighbouring pixels of the image (reflected only at
+the image border): the network then sees true context around every tile, which
+removes the convolution seams the mirrored margin leaves; it is dnrt's option,
+not the reference's geometry. Nothing is ever padded for real:
 the plan turns both reflections into index arrays into a band of source rows,
 so building a batch of network inputs is one fancy-indexing gather.
 """
@@ -16,7 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dnrt.errors import DnrtError
 from dnrt.semantics import check_map_sizes, grid_shape, reflect_index
+
+MARGIN_SOURCES = ("tile", "image")
 
 
 @dataclass(frozen=True)
@@ -35,19 +42,27 @@ class TilePlan:
     width: int
     tile: int
     margin: int
+    #: "tile": the margin mirrors the tile itself (reference); "image": the neighbouring pixels.
+    margin_source: str = "tile"
     rows: int = field(init=False)
     cols: int = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.margin_source not in MARGIN_SOURCES:
+            raise DnrtError(
+                f"unknown margin source {self.margin_source!r} (expected one of {', '.join(MARGIN_SOURCES)})"
+            )
         rows, cols = grid_shape(self.height, self.width, self.tile)
         object.__setattr__(self, "rows", rows)
         object.__setattr__(self, "cols", cols)
 
     @classmethod
-    def create(cls, height: int, width: int, tile: int, margin: int, strides: list[int]) -> TilePlan:
+    def create(
+        cls, height: int, width: int, tile: int, margin: int, strides: list[int], margin_source: str = "tile"
+    ) -> TilePlan:
         """A plan for an image, after checking that every norm layer's map is even."""
         check_map_sizes(tile, margin, strides)
-        return cls(height, width, tile, margin)
+        return cls(height, width, tile, margin, margin_source)
 
     # -- geometry ----------------------------------------------------------------------
     @property
@@ -60,8 +75,10 @@ class TilePlan:
         return self.tile + 2 * self.margin
 
     def _padded_offsets(self) -> np.ndarray:
-        """Offsets ``[-M, T+M)`` inside a tile, mirrored into ``[0, T)`` (the tile's own pad)."""
-        return reflect_index(np.arange(-self.margin, self.tile + self.margin), self.tile)
+        """Offsets ``[-M, T+M)`` relative to a tile's origin: mirrored into ``[0, T)`` for the
+        tile's own pad, left as they are (the neighbours' pixels) for ``margin_source="image"``."""
+        offsets = np.arange(-self.margin, self.tile + self.margin)
+        return offsets if self.margin_source == "image" else reflect_index(offsets, self.tile)
 
     def source_rows(self, row: int) -> np.ndarray:
         """Image rows ``[S]`` feeding the network input of tile row ``row``, both reflections applied."""

@@ -22,6 +22,7 @@ from dnrt.semantics import (
     gather_neighbourhood,
     kin_kernel,
     kin_smooth,
+    reflect_index,
     std_for_dense_op,
     to_network,
 )
@@ -213,3 +214,25 @@ def test_area_thumbnail_checks_order_and_completeness() -> None:
     thumb.add(0, np.zeros((5, 10, 1), np.uint8))
     with pytest.raises(ValueError, match="incomplete"):
         thumb.result()
+
+
+def test_image_margin_source_uses_the_neighbouring_pixels() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, size=(40, 56, 3), dtype=np.uint8)
+    plan = TilePlan(40, 56, 16, 4, margin_source="image")
+    band_y0, band_y1 = plan.band_extent(1)
+    band = RowBand(1, band_y0, band_y1, image[band_y0:band_y1])
+    x = plan.network_input(band, np.array([1, 3]))
+    # Interior tile (1, 1): exactly the image window [16-4, 32+4) x [16-4, 32+4).
+    np.testing.assert_array_equal(x[0], to_network(image[12:36, 12:36]).transpose(2, 0, 1))
+    # Last column (3): columns 44..60 reach past the image (56) and are mirrored at its edge.
+    cols = reflect_index(np.arange(44, 68), 56)
+    np.testing.assert_array_equal(x[1], to_network(image[12:36][:, cols]).transpose(2, 0, 1))
+    # The reference geometry mirrors the tile itself instead.
+    reference = TilePlan(40, 56, 16, 4)
+    y0, y1 = reference.band_extent(1)
+    ref = reference.network_input(RowBand(1, y0, y1, image[y0:y1]), np.array([1]))
+    own = np.pad(image[16:32, 16:32], ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(ref[0], to_network(own).transpose(2, 0, 1))
+    with pytest.raises(DnrtError, match="margin source"):
+        TilePlan(40, 56, 16, 4, margin_source="zeros")

@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: all venv test lint demo clean
+.PHONY: all venv test lint demo capi clean
 
 all: test
 
@@ -30,6 +30,10 @@ demo: venv
 
 lint: venv
 	$(VENV)/bin/ruff check dnrt export runtime tests benchmarks
+
+# The C API: build/capi/libdnrt.so, dnrt.h, dnrt-config and the example dnrt-translate-c.
+include capi/capi.mk
+capi: venv
 
 clean:
 	rm -rf build .pytest_cache

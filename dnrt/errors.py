@@ -12,3 +12,13 @@ class DnrtError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Cancelled(DnrtError):
+    """The run was stopped on request (a progress callback returned False or raised this).
+
+    ``translate_file`` removes its temporary output, so nothing is left at the destination.
+    """
+
+    def __init__(self, message: str = "cancelled by the progress callback", exit_code: int = 130) -> None:
+        super().__init__(message, exit_code)

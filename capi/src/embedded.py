@@ -1,0 +1,357 @@
+"""The Python side of libdnrt: cffi's embedding init code, compiled into the library as text.
+
+cffi runs this once, in the embedded interpreter, on the library's first call. It defines the
+``dnrtpy_*`` entry points declared in ``dnrt_internal.h``; the C side (``dnrt_capi.c``) has
+already checked their arguments (no NULLs, option structs complete, values in range).
+
+Each entry point returns a ``dnrt_status`` and never raises: a failure's message goes to
+``dnrt_last_error()`` through ``lib.dnrtc_set_error``. Errors are classified by the step that
+failed (the model path, the bundle, the options, the backend, the input, the output, the run),
+with a few refinements by message, so the codes in ``dnrt.h`` mean what they say.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from _dnrt_cffi import ffi, lib  # the module cffi builds into libdnrt itself
+
+OK = lib.DNRT_OK
+INVALID_ARGUMENT = lib.DNRT_ERR_INVALID_ARGUMENT
+NOT_FOUND = lib.DNRT_ERR_NOT_FOUND
+IO = lib.DNRT_ERR_IO
+MODEL = lib.DNRT_ERR_MODEL
+UNSUPPORTED = lib.DNRT_ERR_UNSUPPORTED
+CANCELLED = lib.DNRT_ERR_CANCELLED
+RUNTIME = lib.DNRT_ERR_RUNTIME
+OUT_OF_MEMORY = lib.DNRT_ERR_OUT_OF_MEMORY
+INTERNAL = lib.DNRT_ERR_INTERNAL
+
+MODES = {lib.DNRT_MODE_IN: "in", lib.DNRT_MODE_TIN: "tin", lib.DNRT_MODE_KIN: "kin", lib.DNRT_MODE_DN: "dn"}
+SCHEDULES = {lib.DNRT_SCHEDULE_STREAMING: "streaming", lib.DNRT_SCHEDULE_TWO_PASS: "two-pass"}
+MARGIN_SOURCES = {lib.DNRT_MARGIN_SOURCE_TILE: "tile", lib.DNRT_MARGIN_SOURCE_IMAGE: "image"}
+KERNEL_TYPES = {lib.DNRT_KIN_KERNEL_CONSTANT: "constant", lib.DNRT_KIN_KERNEL_GAUSSIAN: "gaussian"}
+
+#: The command line's wording, said the way a C caller sets it.
+_REWORDED = (
+    ("pass --overwrite to replace it", "set overwrite in dnrt_write_options to replace it"),
+    ("use a smaller --batch or --tile", "use a smaller batch or tile"),
+)
+
+_init_error: str | None = None
+try:
+    import numpy as np
+
+    from dnrt.errors import Cancelled, DnrtError
+except BaseException as exc:  # reported by dnrtpy_init, never raised into cffi's start-up
+    _init_error = (
+        f"the embedded Python ({sys.executable}, Python {sys.version.split()[0]}) cannot import dnrt: "
+        f"{type(exc).__name__}: {exc}; install dnrt there or set DNRT_PYTHON (see capi/README.md)"
+    )
+
+    class DnrtError(Exception):  # type: ignore[no-redef]  # placeholders keep the handlers valid
+        pass
+
+    class Cancelled(DnrtError):  # type: ignore[no-redef]
+        pass
+
+
+#: Open models: id -> Translator. Touched only with the GIL held.
+_models: dict[int, Any] = {}
+_ids = itertools.count(1)
+
+
+class _Failure(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    for old, new in _REWORDED:
+        text = text.replace(old, new)
+    return text
+
+
+def _set_error(message: str) -> None:
+    lib.dnrtc_set_error(message.encode("utf-8", "backslashreplace"))
+
+
+def _entry(function: Callable[..., None]) -> Callable[..., int]:
+    """Turns a Python body into a ``dnrt_status`` entry point that never raises."""
+
+    def entry(*args: Any) -> int:
+        try:
+            if _init_error is not None:
+                raise _Failure(RUNTIME, _init_error)
+            function(*args)
+            return OK
+        except _Failure as failure:
+            _set_error(str(failure))
+            return failure.status
+        except Cancelled as exc:
+            _set_error(_message(exc))
+            return CANCELLED
+        except MemoryError:
+            _set_error("out of memory; use a smaller batch or tile, or a smaller image")
+            return OUT_OF_MEMORY
+        except DnrtError as exc:  # a step that has no more specific code
+            _set_error(_message(exc))
+            return RUNTIME
+        except BaseException as exc:  # a bug: say what it was, never let it cross into C
+            try:
+                _set_error(f"internal error: unexpected {type(exc).__name__}: {_message(exc)}")
+            except BaseException:
+                return INTERNAL
+            return INTERNAL
+
+    entry.__name__ = function.__name__
+    return entry
+
+
+@contextlib.contextmanager
+def _step(status: int, refine: Callable[[str], int | None] | None = None) -> Iterator[None]:
+    """DnrtErrors raised in the block get ``status`` (or what ``refine(message)`` says)."""
+    try:
+        yield
+    except Cancelled:
+        raise
+    except DnrtError as exc:
+        message = _message(exc)
+        raise _Failure((refine(message) if refine else None) or status, message) from None
+
+
+def _refine_path(message: str) -> int | None:
+    if "does not exist" in message or "not found" in message:
+        return NOT_FOUND
+    if "is the input image" in message:
+        return INVALID_ARGUMENT
+    if "convert it first" in message or "dnrt translates" in message:
+        return UNSUPPORTED
+    return None
+
+
+def _refine_run(message: str) -> int | None:
+    if message.startswith(("could not write", "cannot write", "cannot read", "cannot create")):
+        return IO
+    if "damaged" in message or "truncated" in message:
+        return IO
+    if "-channel images" in message:
+        return UNSUPPORTED
+    return None
+
+
+def _text(pointer: Any, what: str) -> str | None:
+    if pointer == ffi.NULL:
+        return None
+    raw = ffi.string(pointer)
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _Failure(INVALID_ARGUMENT, f"{what} {raw!r} is not an ASCII name") from None
+
+
+def _path(pointer: Any) -> str:
+    return os.fsdecode(ffi.string(pointer))
+
+
+def _progress(function: Any, user: Any) -> Callable[[int, int], bool] | None:
+    if function == ffi.NULL:
+        return None
+    return lambda done, total: function(user, done, total) == 0
+
+
+def _translator(model_id: int) -> Any:
+    translator = _models.get(int(model_id))
+    if translator is None:
+        raise _Failure(INVALID_ARGUMENT, "the model is not open")
+    return translator
+
+
+# ------------------------------------------------------------------------------------------ entry points
+
+
+@ffi.def_extern(error=INTERNAL)
+@_entry
+def dnrtpy_init() -> None:
+    # tifffile logs its parse problems before raising; the error message already says it.
+    tiff_logger = logging.getLogger("tifffile")
+    if not any(isinstance(h, logging.NullHandler) for h in tiff_logger.handlers):
+        tiff_logger.addHandler(logging.NullHandler())
+    import dnrt.runtime.api  # noqa: F401  (fail here, with the message above, if anything is missing)
+
+
+def _backend_options(name: str, precision: str | None, device_index: int) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if precision is not None:
+        options["precision"] = precision
+    if device_index >= 0:
+        if name == "torch-cuda":
+            options["device"] = f"cuda:{device_index}"
+        elif name in ("ort-cuda", "trt"):
+            options["device_index"] = device_index
+    return options
+
+
+@ffi.def_extern(error=INTERNAL)
+@_entry
+def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
+    from dnrt.bundle import load_bundle
+    from dnrt.runtime.api import Translator
+    from dnrt.runtime.backends import BACKEND_NAMES, resolve_backend_name
+    from dnrt.runtime.plan import TilePlan
+    from dnrt.runtime.scheduler import ScheduleOptions
+    from dnrt.semantics import Mode, kin_kernel
+
+    path = _path(path_pointer)
+    backend = _text(options.backend, "options.backend") or "auto"
+    precision = _text(options.precision, "options.precision")
+    mode = MODES[options.mode]
+    schedule = SCHEDULES[options.schedule]
+    kernel_type = KERNEL_TYPES[options.kin_kernel_type]
+    margin_source = MARGIN_SOURCES[options.margin_source]
+    if backend not in BACKEND_NAMES:
+        raise _Failure(
+            INVALID_ARGUMENT, f"unknown backend {backend!r} (expected one of {', '.join(BACKEND_NAMES)})"
+        )
+    if precision is not None and precision not in ("fp32", "fp16"):
+        raise _Failure(INVALID_ARGUMENT, f"unknown precision {precision!r} (expected fp32 or fp16)")
+
+    if not os.path.lexists(path):
+        raise _Failure(NOT_FOUND, f"model bundle not found: {path}")
+    with _step(MODEL):
+        bundle = load_bundle(path)
+    manifest = bundle.manifest
+    tile = int(options.tile) or int(manifest.tile)
+    margin = int(options.margin) if options.margin >= 0 else int(manifest.margin)
+    with _step(INVALID_ARGUMENT):  # the same checks Translator makes, before any backend loads
+        ScheduleOptions(
+            mode=Mode(mode), schedule=schedule, batch=max(1, int(options.batch)), std_floor=options.std_floor
+        )
+        TilePlan.create(tile, tile, tile, margin, manifest.strides, margin_source)
+        if mode == "kin":
+            kin_kernel(int(options.kin_kernel), kernel_type)
+    with _step(UNSUPPORTED):
+        name = resolve_backend_name(backend)
+        translator = Translator(
+            bundle,
+            mode=mode,
+            schedule=schedule,
+            backend=name,
+            tile=tile,
+            margin=margin,
+            margin_source=margin_source,
+            batch=int(options.batch) or None,
+            kin_kernel=int(options.kin_kernel),
+            kin_kernel_type=kernel_type,
+            std_floor=float(options.std_floor),
+            overlap=None if options.overlap < 0 else bool(options.overlap),
+            threads=int(options.threads) or None,
+            progress=False,
+            backend_options=_backend_options(name, precision, int(options.device_index)),
+        )
+    try:
+        translator.open()  # load the graphs now: a broken bundle fails here, not mid-image
+    except (Cancelled, MemoryError):
+        raise
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            translator.close()
+        raise _Failure(MODEL, f"the {name} backend could not load {path}: {_message(exc)}") from None
+    model_id = next(_ids)
+    _models[model_id] = translator
+    id_out[0] = model_id
+
+
+@ffi.def_extern(error=INTERNAL)
+@_entry
+def dnrtpy_model_close(model_id: int) -> None:
+    translator = _models.pop(int(model_id), None)
+    if translator is not None:
+        translator.on_progress = None
+        translator.close()
+
+
+@ffi.def_extern(error=INTERNAL)
+@_entry
+def dnrtpy_translate_file(
+    model_id: int, in_pointer: Any, out_pointer: Any, options: Any, progress: Any, user: Any
+) -> None:
+    from dnrt.runtime.io import Compression, check_output_path, open_image
+    from dnrt.runtime.io.atomic import output_kind
+
+    translator = _translator(model_id)
+    input_path, output_path = _path(in_pointer), _path(out_pointer)
+    compression = _text(options.compression, "compression") or "zlib"
+    pyramid, overwrite, writer_tile = bool(options.pyramid), bool(options.overwrite), int(options.tile)
+    with _step(INVALID_ARGUMENT, lambda m: UNSUPPORTED if "not available" in m else None):
+        output_kind(output_path)
+        Compression(compression)
+    if not os.path.lexists(input_path):
+        raise _Failure(NOT_FOUND, f"input image '{input_path}' does not exist")
+    with _step(IO, _refine_path):
+        check_output_path(output_path, overwrite, input_path=input_path)
+    with _step(IO, _refine_path):
+        source = open_image(input_path)
+    with source:
+        in_channels = translator.bundle.manifest.in_channels
+        if source.channels != in_channels:
+            raise _Failure(
+                UNSUPPORTED,
+                f"the model takes {in_channels}-channel images; '{input_path}' has {source.channels}",
+            )
+        translator.on_progress = _progress(progress, user)
+        try:
+            # What trt-translate runs after the same checks (dnrt.runtime.api.translate): the writer
+            # goes to a temporary file, renamed when complete and removed on any error or cancel.
+            with _step(RUNTIME, _refine_run):
+                translator._translate_source(
+                    source, input_path, output_path, compression, pyramid, overwrite, writer_tile
+                )
+        finally:
+            translator.on_progress = None
+
+
+@ffi.def_extern(error=INTERNAL)
+@_entry
+def dnrtpy_translate_rgb(
+    model_id: int,
+    in_pointer: Any,
+    width: int,
+    height: int,
+    in_stride: int,
+    out_pointer: Any,
+    out_stride: int,
+    progress: Any,
+    user: Any,
+) -> None:
+    from numpy.lib.stride_tricks import as_strided
+
+    translator = _translator(model_id)
+    manifest = translator.bundle.manifest
+    if manifest.in_channels != 3 or manifest.out_channels != 3:
+        raise _Failure(
+            UNSUPPORTED,
+            f"dnrt_translate_rgb needs an RGB -> RGB model; this one maps {manifest.in_channels} to "
+            f"{manifest.out_channels} channels",
+        )
+    row = width * 3
+    # Views of the caller's buffers (the C side checked that the spans fit and do not overlap).
+    source = np.frombuffer(ffi.buffer(in_pointer, (height - 1) * in_stride + row), dtype=np.uint8)
+    target = np.frombuffer(ffi.buffer(out_pointer, (height - 1) * out_stride + row), dtype=np.uint8)
+    rgb = as_strided(source, shape=(height, width, 3), strides=(in_stride, 3, 1), writeable=False)
+    out = as_strided(target, shape=(height, width, 3), strides=(out_stride, 3, 1))
+    translator.on_progress = _progress(progress, user)
+    try:
+        with _step(RUNTIME):
+            translator.translate(rgb, out=out)
+    finally:
+        translator.on_progress = None

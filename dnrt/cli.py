@@ -248,6 +248,11 @@ def _register_optional_commands() -> None:
     except ImportError:
         return
     main.add_command(translate_command, "translate")
+    try:
+        from dnrt.bench.cli import bench_command
+    except ImportError:
+        return
+    main.add_command(bench_command, "bench")
 
 
 _register_optional_commands()

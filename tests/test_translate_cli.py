@@ -323,7 +323,9 @@ def test_backend_registry(bundle: Path) -> None:
 
 
 def test_ort_backend_splits_threads_when_overlapping(bundle: Path) -> None:
-    with Translator(bundle, backend="ort", mode="dn", threads=3) as streaming:
+    with Translator(bundle, backend="ort", mode="dn", threads=3) as default:
+        assert default.backend.session_threads("stats") == 3  # serial by default on the CPU
+    with Translator(bundle, backend="ort", mode="dn", threads=3, overlap=True) as streaming:
         assert streaming.backend.session_threads("stats") + streaming.backend.session_threads("dense") == 3
         assert "side by side" in streaming.backend.describe()
         assert streaming.options.batch == 1  # the CPU backend's preferred batch

@@ -61,13 +61,10 @@ def _shared_cpu_arena() -> bool:
 class OrtBackend(Backend):
     """ONNX Runtime on the CPU or CUDA execution provider.
 
-    Collect and infer may run at the same time (two sessions; ``run`` releases the GIL).
-    On the CPU that pays when the cores are *split* between the sessions rather than
-    shared: measured on the toy generator (2 cores, DN streaming), two overlapped sessions
-    of 1 thread each beat one-at-a-time sessions of 2 threads by ~7-40% (intra-op
-    parallelism scales less than perfectly, and spinning thread pools contend when
-    oversubscribed: 2 x 2 threads was the slowest). So ``concurrent_passes`` is on
-    wherever there are 2+ cores, and :meth:`set_concurrency` splits the threads between the sessions.
+    Collect and infer may run at the same time (two sessions; ``run`` releases the GIL), each
+    session then getting a share of the CPU threads (:meth:`set_concurrency`). On the CPU
+    that is opt-in (``--overlap``): on a loaded machine it measured 7-40 % faster, on a quiet
+    one 5 % slower with 30 % more memory, so ``concurrent_passes`` is on for CUDA only.
     """
 
     name = "ort"
@@ -96,7 +93,10 @@ class OrtBackend(Backend):
         self.device = device
         self.threads = threads
         self.name = "ort-cuda" if device == "cuda" else "ort"
-        self.concurrent_passes = device == "cuda" or self.total_threads >= 2
+        # Measured on a quiet 2-core machine (benchmarks/results/cpu-ort-demo-3024x4302-dn-vs-in.md):
+        # overlapped passes on split thread pools took 78.0 s and 760 MB against 74.2 s and
+        # 591 MB one after the other, so the CPU default is serial; --overlap still splits.
+        self.concurrent_passes = device == "cuda"
         self.preferred_batch = 4 if device == "cuda" else 1
         self._concurrent = False
         self._stats = None

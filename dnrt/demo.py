@@ -58,56 +58,14 @@ def _crop(path: Path, y: int, x: int, size: int) -> np.ndarray:
         return src.read_region(y, y + size, x, x + size)
 
 
-#: Steps this many pixels either side of a tile boundary are its local baseline.
-SEAM_BASELINE_OFFSETS = (2, 3, 4, 5)
-
-
 def _fidelity(output: Path, truth: Path, tile: int) -> dict[str, float]:
-    """Seam score and PSNR vs ground truth, band by band.
+    """Seam score and PSNR vs ground truth, with the benchmark's definitions (band by band)."""
+    from dnrt.bench.fidelity import psnr, seam_score
 
-    Seam score: the mean absolute grey-level step between the two pixels that straddle a
-    tile boundary, divided by the mean step between pixel pairs 2-5 px away from it on
-    either side (the same content, no boundary). 1.0 means the seams are invisible.
-    Comparing each boundary with its own neighbourhood keeps the score independent of how
-    much tissue or glass the image has.
-    """
-    from dnrt.runtime.io import open_image
-
-    sq_err = 0.0
-    seam = [0.0, 0]
-    base = [0.0, 0]
-
-    def add(lines: np.ndarray, at: np.ndarray) -> None:
-        # lines: [n, L] grey values along an axis; at: boundary positions b (step b-1 -> b)
-        steps = np.abs(np.diff(lines, axis=1))  # step i is between pixels i and i+1
-        for b in at:
-            seam[0] += float(steps[:, b - 1].sum())
-            seam[1] += steps.shape[0]
-            for k in SEAM_BASELINE_OFFSETS:
-                for i in (b - 1 - k, b - 1 + k):
-                    if 0 <= i < steps.shape[1]:
-                        base[0] += float(steps[:, i].sum())
-                        base[1] += steps.shape[0]
-
-    with open_image(output) as out_src, open_image(truth) as truth_src:
-        height, width = out_src.height, out_src.width
-        cols = np.arange(tile, width, tile)
-        previous = None
-        for y0 in range(0, height, tile):
-            y1 = min(height, y0 + tile)
-            out = out_src.read_region(y0, y1, 0, width).astype(np.float32)
-            ref = truth_src.read_region(y0, y1, 0, width).astype(np.float32)
-            sq_err += float(((out - ref) ** 2).sum(dtype=np.float64))
-            grey = out.mean(axis=2)
-            add(grey, cols)
-            if previous is not None:  # horizontal boundary at y0: rows y0-6..y0+5
-                window = np.concatenate([previous[-6:], grey[:6]])
-                add(window.T, np.array([6]))
-            previous = grey
-    mse = sq_err / (height * width * 3)
-    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-    score = (seam[0] / seam[1]) / (base[0] / base[1]) if seam[1] and base[0] > 0 else float("nan")
-    return {"seam_score": round(float(score), 3), "psnr_db": round(float(psnr), 2)}
+    return {
+        "seam_score": round(seam_score(output, tile).score, 3),
+        "psnr_db": round(psnr(output, truth), 2),
+    }
 
 
 def _comparison(panels: list[tuple[str, np.ndarray, np.ndarray]], notes: dict[str, str], path: Path) -> None:

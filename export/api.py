@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from dnrt.bundle import Manifest
-from dnrt.errors import DnrtError
 from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
-from dnrt.export.normswap import DnrtModel, convert
+from dnrt.export.normswap import DnrtModel, convert, infer_in_channels
 from dnrt.export.op_schema import DEFAULT_OPSET
 
 
@@ -21,12 +20,6 @@ class ExportResult:
     path: Path
     manifest: Manifest
     validation: ValidationResult | None
-
-
-def _out_channels(module: nn.Module, in_channels: int) -> int:
-    with torch.no_grad():
-        probe = module(torch.zeros(1, in_channels, 64, 64))
-    return int(probe.shape[1])
 
 
 def export_module(
@@ -53,8 +46,8 @@ def export_module(
     out = Path(out)
     check_output_dir(out, overwrite)
     state_dict = {k: v.clone() for k, v in module.state_dict().items()}
-    model: DnrtModel = convert(module, in_channels)
-    in_ch = in_channels or _first_in_channels(model)
+    in_ch = in_channels or infer_in_channels(module)
+    model: DnrtModel = convert(module, in_ch)
     manifest = Manifest(
         architecture=architecture,
         config=dict(config or {}),
@@ -71,13 +64,6 @@ def export_module(
         model, out, manifest=manifest, state_dict=state_dict, validate=validate, overwrite=overwrite, log=log
     )
     return ExportResult(out, manifest, validation)
-
-
-def _first_in_channels(model: DnrtModel) -> int:
-    for layer in model.generator.modules():
-        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
-            return layer.in_channels
-    raise DnrtError("cannot tell the generator's input channels")
 
 
 def _out_channels_collect(model: DnrtModel, in_channels: int) -> int:

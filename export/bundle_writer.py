@@ -18,7 +18,7 @@ from dnrt.bundle import DENSE_GRAPH, MANIFEST, STATS_GRAPH, WEIGHTS, Manifest
 from dnrt.errors import DnrtError
 from dnrt.export.normswap import DnrtModel
 from dnrt.export.onnx_export import export_dense_graph, export_stats_graph
-from dnrt.export.op_schema import DEFAULT_OPSET, MIN_OPSET
+from dnrt.export.op_schema import MIN_OPSET
 from dnrt.semantics import check_map_sizes, collect_flavour
 
 #: Largest |ORT - PyTorch| an fp32 export may show (issue 2).
@@ -180,6 +180,3 @@ def validate_bundle(model: DnrtModel, folder: Path, manifest: Manifest, seed: in
     dense_diff = float(np.abs(o_dense - t_dense.numpy()).max())
     return ValidationResult(image_diff, moment_diff, dense_diff, size)
 
-
-def default_opset() -> int:
-    return DEFAULT_OPSET

@@ -115,7 +115,8 @@ def _probe(module: nn.Module, norms: list[nn.InstanceNorm2d], in_channels: int) 
     return order, [strides[i] for i in order]
 
 
-def _infer_in_channels(module: nn.Module) -> int:
+def infer_in_channels(module: nn.Module) -> int:
+    """Input channels of a generator: those of its first convolution."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
             return layer.in_channels
@@ -129,7 +130,7 @@ def convert(module: nn.Module, in_channels: int | None = None) -> DnrtModel:
     """
     module = module.eval()
     if in_channels is None:
-        in_channels = _infer_in_channels(module)
+        in_channels = infer_in_channels(module)
     swaps = _find_swaps(module)
     for swap in swaps:
         if swap.norm.track_running_stats:

@@ -138,6 +138,15 @@ def _preimport(backend: str) -> None:
         pass  # the run itself reports the missing library as its error
 
 
+def _gpu_stats(sampler: Any) -> dict[str, Any]:
+    """The process's peak GPU memory (sampled) plus PyTorch's allocator peaks, where present."""
+    gpu: dict[str, Any] = {}
+    if getattr(sampler, "peak_mb", None) is not None:
+        gpu = {"process_peak_mb": sampler.peak_mb, "method": sampler.method}
+    gpu.update(_torch_gpu_stats())
+    return gpu
+
+
 def _torch_gpu_stats() -> dict[str, float]:
     torch = sys.modules.get("torch")
     if torch is None:
@@ -180,10 +189,7 @@ def run_translate(spec: dict[str, Any]) -> dict[str, Any]:
             **options,
         )
         wall = time.perf_counter() - start
-    gpu = {}
-    if getattr(sampler, "peak_mb", None) is not None:
-        gpu = {"process_peak_mb": sampler.peak_mb, "method": sampler.method}
-    gpu.update(_torch_gpu_stats())
+    gpu = _gpu_stats(sampler)
     from dataclasses import asdict
 
     return {
@@ -246,10 +252,7 @@ def run_whole(spec: dict[str, Any]) -> dict[str, Any]:
                 writer.abort()
                 raise
         wall = time.perf_counter() - start
-    gpu = {}
-    if getattr(sampler, "peak_mb", None) is not None:
-        gpu = {"process_peak_mb": sampler.peak_mb, "method": sampler.method}
-    gpu.update(_torch_gpu_stats())
+    gpu = _gpu_stats(sampler)
     return {
         "ok": True,
         "wall_s": wall,

@@ -119,7 +119,7 @@ class ArraySink:
         self.pixels = out
         self.row = 0
 
-    def write_band(self, band: np.ndarray) -> None:
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:  # noqa: ARG002 - always copied
         self.pixels[self.row : self.row + band.shape[0]] = band
         self.row += band.shape[0]
 

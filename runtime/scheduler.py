@@ -35,6 +35,7 @@ import numpy as np
 
 from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.pixels import network_output_to_uint8, paste_planar
 from dnrt.runtime.plan import RowBand, TilePlan
 from dnrt.runtime.tables import AreaThumbnail, DenseStats, GlobalStats, KernelStats, NeighbourhoodSource
 from dnrt.semantics import (
@@ -42,7 +43,6 @@ from dnrt.semantics import (
     Mode,
     check_map_sizes,
     collect_flavour,
-    from_network,
     kin_kernel,
 )
 
@@ -58,7 +58,9 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    def write_band(self, band: np.ndarray) -> None: ...
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
+        """Take the next output rows. With ``copy=False`` the caller hands the array over (it
+        never touches it again), so the sink may keep it instead of copying it."""
 
 
 #: Progress callback: ``(tiles_done_now, phase)``.
@@ -205,6 +207,9 @@ class Scheduler:
         mode = options.mode
         self.flavour = collect_flavour(mode, options.std_floor)
         self.overlap = resolve_overlap(options, backend)
+        #: Per-stage float buffers (network input, output conversion), reused for every call:
+        #: stages run in different threads, so each has its own.
+        self._buffers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.stats: NeighbourhoodSource | None = None
         if mode is Mode.DN:
             self.stats = DenseStats(plan.rows, plan.cols, self.manifest.total_channels, options.std_floor)
@@ -221,10 +226,10 @@ class Scheduler:
         passes = 2 if self.options.mode in (Mode.KIN, Mode.DN) else 1
         return self.plan.tiles * passes
 
-    def _timed(self, phase: str, fn: Callable, *args):
+    def _timed(self, phase: str, fn: Callable, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         finally:
             self.times.add(phase, time.perf_counter() - start)
 
@@ -248,49 +253,68 @@ class Scheduler:
 
         return _Stage("reader", produce, self.options.read_ahead)
 
+    def _stage_buffers(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """The network-input buffer ``[batch, Cin, S, S]`` and output scratch ``[batch, Cout, T, T]``
+        of one stage. Backends only read their inputs during the call, so reuse is safe."""
+        buffers = self._buffers.get(stage)
+        if buffers is None:
+            batch = max(len(c) for c in self.chunks)
+            s, t = self.plan.input_size, self.plan.tile
+            buffers = (
+                np.empty((batch, self.manifest.in_channels, s, s), dtype=np.float32),
+                np.empty((batch, self.manifest.out_channels, t, t), dtype=np.float32),
+            )
+            self._buffers[stage] = buffers
+        return buffers
+
     def _collect_row(self, band: RowBand, sink: Sink | None) -> None:
         """Stats graph over a row; IN writes its image output, KIN/DN keep the statistics."""
         out = self._new_output_band(band.row) if sink is not None else None
+        inputs, scratch = self._stage_buffers("collect")
         for cols in self.chunks:
             if self._halt.is_set():
                 raise _Stop
-            tiles = self.plan.network_input(band, cols)
-            image, mean, std = self._timed("collect", self.backend.collect, tiles, self.flavour)
+            tiles = self.plan.network_input(band, cols, out=inputs)
+            image, mean, std = self._timed(
+                "collect", self.backend.collect, tiles, self.flavour, image=out is not None
+            )
             if self.stats is not None:
                 self.stats.record(band.row, cols, mean, std)
             if out is not None:
-                self._place(out, cols, image)
+                self._place(out, cols, image, scratch)
             self.progress(len(cols), "collect")
         if sink is not None:
-            self._timed("write", sink.write_band, out)
+            self._timed("write", sink.write_band, out, copy=False)  # a fresh band per row
 
     def _infer_row(self, band: RowBand, sink: Sink) -> None:
         assert self.stats is not None
         out = self._new_output_band(band.row)
+        inputs, scratch = self._stage_buffers("infer")
         for cols in self.chunks:
-            tiles = self.plan.network_input(band, cols)
+            tiles = self.plan.network_input(band, cols, out=inputs)
             nbr_mean, nbr_std = self.stats.neighbourhoods(band.row, cols)
             image = self._timed("infer", self.backend.infer, tiles, nbr_mean, nbr_std)
-            self._place(out, cols, image)
+            self._place(out, cols, image, scratch)
             self.progress(len(cols), "infer")
-        self._timed("write", sink.write_band, out)
+        self._timed("write", sink.write_band, out, copy=False)  # a fresh band per row
 
     def _new_output_band(self, row: int) -> np.ndarray:
         y0, y1 = self.plan.output_extent(row)
         return np.empty((y1 - y0, self.plan.width, self.manifest.out_channels), dtype=np.uint8)
 
-    def _place(self, out: np.ndarray, cols: np.ndarray, image: np.ndarray) -> None:
-        """Crop network outputs to their tiles and paste them into the row's output band."""
-        t = self.plan.tile
+    def _place(self, out: np.ndarray, cols: np.ndarray, image: np.ndarray, scratch: np.ndarray) -> None:
+        """Crop network outputs to their tiles, convert them to uint8 (``from_network``) and
+        paste them into the row's output band."""
+        t, m = self.plan.tile, self.plan.margin
         expected = (len(cols), self.manifest.out_channels, self.plan.input_size, self.plan.input_size)
         if image.shape != expected:
             raise DnrtError(f"backend returned images of shape {image.shape}, expected {expected}")
-        tiles = from_network(self.plan.crop_output(image))  # [n, T, T, C]
+        planar = network_output_to_uint8(image[:, :, m : m + t, m : m + t], scratch[: len(cols)])
         h = out.shape[0]
         for i, q in enumerate(cols):
             x0 = int(q) * t
             x1 = min(x0 + t, self.plan.width)
-            out[:, x0:x1] = tiles[i, :h, : x1 - x0]
+            paste_planar(out[:, x0:x1], planar[i, :, :h, : x1 - x0])
 
     def _thumbnail_stats(self) -> GlobalStats:
         """TIN: area-downscale the image to ``T x T`` while streaming it, then collect its statistics.
@@ -318,7 +342,7 @@ class Scheduler:
         pixels = thumb.result()
         tiles = (pixels / 127.5 - 1.0).astype(np.float32).transpose(2, 0, 1)[None]
         _, mean, std = self._timed(
-            "thumbnail", self.backend.collect, np.ascontiguousarray(tiles), self.flavour
+            "thumbnail", self.backend.collect, np.ascontiguousarray(tiles), self.flavour, image=False
         )
         return GlobalStats(mean[0], std[0])
 

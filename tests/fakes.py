@@ -82,6 +82,8 @@ class FakeBackend(Backend):
         self.w = toy_weights(seed)
         self.batch_sensitive = batch_sensitive
         self.calls: list[tuple[str, int]] = []
+        #: The ``image`` flag of every collect call (the scheduler asks for images only when it writes them).
+        self.image_requests: list[bool] = []
 
     def _net(self, x: np.ndarray, norm0, norm1) -> np.ndarray:
         w = self.w
@@ -93,8 +95,9 @@ class FakeBackend(Backend):
     def _perturb(self, n: int) -> float:
         return 1e-4 * (n - 1) if self.batch_sensitive else 0.0
 
-    def collect(self, tiles, flavour: CollectFlavour):
+    def collect(self, tiles, flavour: CollectFlavour, *, image: bool = True):
         self.calls.append(("collect", len(tiles)))
+        self.image_requests.append(image)
         images, means, stds = [], [], []
         for x in tiles.astype(np.float64):
             stats: list[tuple[np.ndarray, np.ndarray]] = []

@@ -264,10 +264,10 @@ class _Recorder:
             self.events.append(("read", y1))
         return self.source.read_region(y0, y1, x0, x1)
 
-    def write_band(self, band: np.ndarray) -> None:
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
         with self.lock:
             self.events.append(("write", band.shape[0]))
-        self.sink.write_band(band)
+        self.sink.write_band(band, copy=copy)
 
 
 @pytest.mark.parametrize(("mode", "lookahead"), [("dn", 1), ("kin", 2)])
@@ -309,8 +309,8 @@ def test_uniform_region_gives_finite_output_in_every_mode() -> None:
     image[8:88, 10:100] = 200  # whole tiles (rows 1-4, cols 1-5) and parts of their neighbours
 
     class Checked(FakeBackend):
-        def collect(self, tiles, flavour):
-            image_, mean, std = super().collect(tiles, flavour)
+        def collect(self, tiles, flavour, *, image=True):
+            image_, mean, std = super().collect(tiles, flavour, image=True)
             assert np.isfinite(image_).all() and np.isfinite(mean).all() and np.isfinite(std).all()
             return image_, mean, std
 
@@ -388,6 +388,15 @@ def test_batches_are_fixed_per_row() -> None:
     sizes = [n for kind, n in backend.calls if kind == "infer"]
     assert sizes == [3, 3, 1] * 3
     assert [n for kind, n in backend.calls if kind == "collect"] == [3, 3, 1] * 3
+
+
+@pytest.mark.parametrize(("mode", "wants_image"), [("in", True), ("tin", False), ("kin", False), ("dn", False)])
+def test_collect_asks_for_the_image_only_when_it_is_written(mode: str, wants_image: bool) -> None:
+    backend = FakeBackend(fake_bundle())
+    _translate(backend, _image(40, 56), mode=mode, batch=2)
+    collects = sum(kind == "collect" for kind, _ in backend.calls)
+    assert collects == (1 if mode == "tin" else 6)  # TIN: the thumbnail only; else 3 rows x 2 batches
+    assert backend.image_requests == [wants_image] * collects
 
 
 def test_bundle_object_and_tile_override(backend_factory: BackendFactory) -> None:

@@ -55,12 +55,16 @@ class Backend(abc.ABC):
     # -- the two passes ----------------------------------------------------------------
     @abc.abstractmethod
     def collect(
-        self, tiles: np.ndarray, flavour: CollectFlavour
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """Run the stats graph on ``tiles [N, Cin, S, S]`` float32.
 
         Returns ``(image [N, Cout, S, S], mean [N, L], std [N, L])``, all float32;
         every norm layer normalized with the tile's own statistics in ``flavour``.
+        With ``image=False`` (KIN/DN's first pass keeps only the statistics) the
+        backend may skip computing or copying the image and return ``None`` for it.
+
+        ``tiles`` is only valid during the call: the scheduler reuses the buffer.
         """
 
     @abc.abstractmethod

@@ -132,15 +132,16 @@ class TorchBackend(Backend):
         return tensor.to(self.device, dtype, non_blocking=True)
 
     def collect(
-        self, tiles: np.ndarray, flavour: CollectFlavour
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode(), self._on_stream("collect"):
             x = self._to_device(tiles, self.dtype)
             params = self._to_device(flavour.as_array(), torch.float32)
-            image, mean, std = self.model.collect(x, params)
-            return _host(image), _host(mean), _host(std)
+            output, mean, std = self.model.collect(x, params)
+            # Without the image, only the small statistics cross back to the host.
+            return (_host(output) if image else None), _host(mean), _host(std)
 
     def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
         import torch

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,10 @@ class _Engine:
             self.host[name] = buf
         return buf[: int(np.prod(shape))].reshape(shape)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], wanted: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Run on ``feeds``; return the outputs named in ``wanted`` (all by default). Every
+        output still gets device memory (TensorRT writes them all); only the wanted ones are
+        copied back."""
         cudart = self.cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self.lock:
@@ -183,6 +187,8 @@ class _Engine:
                 raise DnrtError(f"{self.label}: TensorRT execution failed")
             out = {}
             for name, shape, ptr in results:
+                if wanted is not None and name not in wanted:
+                    continue
                 staged = self._host_buffer("out:" + name, shape)
                 _check(cudart.cudaMemcpyAsync(staged.ctypes.data, ptr, staged.nbytes, d2h, self.stream))
                 out[name] = staged
@@ -362,26 +368,33 @@ class TrtBackend(Backend):
 
     # -- the two passes -------------------------------------------------------------------
     def _batched(
-        self, engine: _Engine, batched: dict[str, np.ndarray], fixed: dict[str, np.ndarray] | None = None
+        self,
+        engine: _Engine,
+        batched: dict[str, np.ndarray],
+        fixed: dict[str, np.ndarray] | None = None,
+        wanted: Collection[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run in chunks of at most the profile's batch; ``fixed`` inputs are not sliced."""
         fixed = fixed or {}
         n = next(iter(batched.values())).shape[0]
         step = self.profile.batch
         if n <= step:
-            return engine.run({**batched, **fixed})
+            return engine.run({**batched, **fixed}, wanted)
         parts = [
-            engine.run({**{k: v[i : i + step] for k, v in batched.items()}, **fixed})
+            engine.run({**{k: v[i : i + step] for k, v in batched.items()}, **fixed}, wanted)
             for i in range(0, n, step)
         ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def collect(
-        self, tiles: np.ndarray, flavour: CollectFlavour
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         assert self.stats_engine is not None, "backend not activated"
-        out = self._batched(self.stats_engine, {"tiles": tiles}, {"collect_params": flavour.as_array()})
-        return out["image"], out["tile_mean"], out["tile_std"]
+        wanted = ("image", "tile_mean", "tile_std") if image else ("tile_mean", "tile_std")
+        out = self._batched(
+            self.stats_engine, {"tiles": tiles}, {"collect_params": flavour.as_array()}, wanted
+        )
+        return (out["image"] if image else None), out["tile_mean"], out["tile_std"]
 
     def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
         assert self.dense_engine is not None, "backend not activated"

@@ -128,6 +128,25 @@ class OrtBackend(Backend):
                 self.deactivate()
                 self.activate()
 
+    #: Channels per block of ONNX Runtime's blocked (NCHWc) CPU convolution layout: 8 with
+    #: AVX2, 16 with AVX-512.
+    NCHWC_BLOCK = 8
+
+    def blocked_layout_pays(self) -> bool:
+        """Whether to let ONNX Runtime rewrite the CPU graph into its blocked NCHWc layout
+        (``ORT_ENABLE_ALL``) rather than stop at ``ORT_ENABLE_EXTENDED``.
+
+        The rewrite pads every convolution to whole channel blocks and reorders tensors in
+        and out of it: measured on 544 px tiles it speeds the official generator up by 9 %
+        (8 features) to 25 % (16 features), and *halves* the speed of a 3-channel model
+        (1x1 conv, one norm), whose convolutions would be computed on 5x padded channels.
+        The bundle's norm layers tell how wide the network is.
+        """
+        if self.device != "cpu":
+            return True
+        widest = max((layer.channels for layer in self.manifest.layers), default=0)
+        return widest >= self.NCHWC_BLOCK
+
     # -- lifecycle ---------------------------------------------------------------------
     def _providers(self) -> list:
         import onnxruntime as ort
@@ -145,10 +164,17 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.blocked_layout_pays()
+            else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        )
         options.intra_op_num_threads = self.session_threads(graph)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # warnings about unused initializers etc. are noise to users
+        # Idle intra-op threads sleep instead of spinning: the reader and writer threads need those
+        # cores (spinning doubled the CPU time of a trivial graph and made it slower, not faster).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.device == "cpu":
             # Memory (measured, official generator f=8, 544 px tiles, batch 1): per-session arenas
             # with memory patterns peak at 540 MB and grow on the second run; one shared arena

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dnrt.errors import DnrtError
+from dnrt.export.deconv import rewrite_conv_transpose
 from dnrt.export.norm import dense_norm
 from dnrt.export.normswap import DnrtModel
 from dnrt.export.op_schema import DOMAIN, OP_TYPE, OP_VERSION, attach_function, register_schema
@@ -97,7 +98,34 @@ def export_stats_graph(model: DnrtModel, in_channels: int, opset: int) -> onnx.M
     args = (torch.randn(2, in_channels, size, size), torch.tensor([1.0, 0.0, 3e-3]))
     dynamic = {"tiles": {0: "N", 2: "H", 3: "W"}, "collect_params": {}}
     proto = _export(_StatsGraph(model), args, ["tiles", "collect_params"], ["image", "tile_mean", "tile_std"], dynamic, opset)
+    rewrite_conv_transpose(proto)
     _check(proto, "stats")
+    return proto
+
+
+def statistics_only(stats: onnx.ModelProto) -> onnx.ModelProto:
+    """The stats graph without its ``image`` output and every node, initializer and value
+    annotation only that output needed (what collect.onnx holds; see dnrt.bundle)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(stats)
+    graph = proto.graph
+    keep_outputs = [o for o in graph.output if o.name != "image"]
+    del graph.output[:]
+    graph.output.extend(keep_outputs)
+    needed = {o.name for o in keep_outputs}
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    for field in (graph.initializer, graph.value_info):
+        survivors = [item for item in field if item.name in needed]
+        del field[:]
+        field.extend(survivors)
+    _check(proto, "collect")
     return proto
 
 
@@ -112,6 +140,7 @@ def export_dense_graph(model: DnrtModel, in_channels: int, opset: int) -> onnx.M
     dynamic = {"tiles": {0: "N", 2: "H", 3: "W"}, "nbr_mean": {0: "N"}, "nbr_std": {0: "N"}}
     proto = _export(_DenseGraph(model), args, ["tiles", "nbr_mean", "nbr_std"], ["image"], dynamic, opset)
     proto = attach_function(proto)
+    rewrite_conv_transpose(proto)
     found = sum(1 for node in proto.graph.node if node.domain == DOMAIN and node.op_type == OP_TYPE)
     if found != len(model.layers):
         raise DnrtError(f"DN graph has {found} DenseNorm nodes but the model has {len(model.layers)} norm layers")

@@ -4,6 +4,7 @@ A bundle is a directory::
 
     manifest.json        this module's Manifest, as JSON
     stats.onnx           tiles + collect_params -> image, mean, std      (collect pass)
+    collect.onnx         tiles + collect_params -> mean, std             (optional, see below)
     dense.onnx           tiles + nbr_mean + nbr_std -> image             (DenseNorm pass)
     weights.safetensors  the generator's weights, for the PyTorch backend
 
@@ -13,6 +14,11 @@ Graph I/O (all float32; N, H, W dynamic):
   -> ``image [N, Cout, H, W]``, ``tile_mean [N, L]``, ``tile_std [N, L]``
 - dense.onnx: ``tiles [N, Cin, H, W]``, ``nbr_mean [N, L, 3, 3]``, ``nbr_std [N, L, 3, 3]``
   -> ``image [N, Cout, H, W]``
+
+collect.onnx is stats.onnx without the image output and the nodes only the image needs (the
+layers after the last norm layer's statistics): KIN's and DN's first pass and TIN's thumbnail
+keep only the statistics, and on the official generator the final 7x7 convolution alone is 5 %
+of a collect. Bundles exported before it existed lack it; backends then run stats.onnx.
 
 ``L`` is the sum of every norm layer's channels: layer k owns the slice
 ``[offset_k, offset_k + channels_k)`` of the packed statistics.
@@ -30,6 +36,7 @@ from dnrt.errors import DnrtError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATS_GRAPH = "stats.onnx"
+COLLECT_GRAPH = "collect.onnx"
 DENSE_GRAPH = "dense.onnx"
 WEIGHTS = "weights.safetensors"
 
@@ -115,6 +122,12 @@ class Bundle:
     @property
     def stats_graph(self) -> Path:
         return self.path / STATS_GRAPH
+
+    @property
+    def collect_graph(self) -> Path | None:
+        """The statistics-only graph, or None when the bundle predates it."""
+        path = self.path / COLLECT_GRAPH
+        return path if path.is_file() else None
 
     @property
     def dense_graph(self) -> Path:

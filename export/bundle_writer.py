@@ -14,10 +14,10 @@ import onnx
 import torch
 
 import dnrt
-from dnrt.bundle import DENSE_GRAPH, MANIFEST, STATS_GRAPH, WEIGHTS, Manifest
+from dnrt.bundle import COLLECT_GRAPH, DENSE_GRAPH, MANIFEST, STATS_GRAPH, WEIGHTS, Manifest
 from dnrt.errors import DnrtError
 from dnrt.export.normswap import DnrtModel
-from dnrt.export.onnx_export import export_dense_graph, export_stats_graph
+from dnrt.export.onnx_export import export_dense_graph, export_stats_graph, statistics_only
 from dnrt.export.op_schema import MIN_OPSET
 from dnrt.semantics import check_map_sizes, collect_flavour
 
@@ -82,6 +82,7 @@ def write_bundle(
         log(f"exporting stats graph ({len(model.layers)} norm layers, {model.total_channels} channels)")
         stats = export_stats_graph(model, manifest.in_channels, manifest.opset)
         onnx.save(stats, str(tmp / STATS_GRAPH))
+        onnx.save(statistics_only(stats), str(tmp / COLLECT_GRAPH))
         log("exporting DN graph")
         dense = export_dense_graph(model, manifest.in_channels, manifest.opset)
         onnx.save(dense, str(tmp / DENSE_GRAPH))
@@ -148,6 +149,7 @@ def validate_bundle(model: DnrtModel, folder: Path, manifest: Manifest, seed: in
     options = ort.SessionOptions()
     options.log_severity_level = 3
     stats = ort.InferenceSession(str(folder / STATS_GRAPH), options, providers=["CPUExecutionProvider"])
+    collect = ort.InferenceSession(str(folder / COLLECT_GRAPH), options, providers=["CPUExecutionProvider"])
     dense = ort.InferenceSession(str(folder / DENSE_GRAPH), options, providers=["CPUExecutionProvider"])
 
     image_diff = moment_diff = 0.0
@@ -155,14 +157,15 @@ def validate_bundle(model: DnrtModel, folder: Path, manifest: Manifest, seed: in
     for mode in ("in", "tin", "dn"):
         params = collect_flavour(mode).as_array()
         o_image, o_mean, o_std = stats.run(None, {"tiles": tiles, "collect_params": params})
+        c_mean, c_std = collect.run(None, {"tiles": tiles, "collect_params": params})
         with torch.no_grad():
             t_image, t_mean, t_std = model.collect(torch.from_numpy(tiles), torch.from_numpy(params))
         image_diff = max(image_diff, float(np.abs(o_image - t_image.numpy()).max()))
         if model.layers:
             moment_diff = max(
                 moment_diff,
-                float(np.abs(o_mean - t_mean.numpy()).max()),
-                float(np.abs(o_std - t_std.numpy()).max()),
+                *(float(np.abs(a - t.numpy()).max()) for a, t in ((o_mean, t_mean), (c_mean, t_mean))),
+                *(float(np.abs(a - t.numpy()).max()) for a, t in ((o_std, t_std), (c_std, t_std))),
             )
         if mode == "dn":
             torch_stats = (t_mean.numpy(), t_std.numpy())

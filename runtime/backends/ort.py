@@ -100,7 +100,9 @@ class OrtBackend(Backend):
         self.preferred_batch = 4 if device == "cuda" else 1
         self._concurrent = False
         self._stats = None
+        self._collect = None
         self._dense = None
+        self._lazy_lock = threading.Lock()
 
     @property
     def total_threads(self) -> int:
@@ -193,29 +195,47 @@ class OrtBackend(Backend):
     def activate(self) -> None:
         if self.active:
             return
-        self._stats = self._session(self.bundle.stats_graph, "stats")
         self._dense = self._session(self.bundle.dense_graph, "dense")
-        self._check_io()
+        self._check_io("dense", self._dense)
         super().activate()
 
     def deactivate(self) -> None:
-        self._stats = None
+        with self._lazy_lock:
+            self._stats = None
+            self._collect = None
         self._dense = None
         super().deactivate()
 
-    def _check_io(self) -> None:
-        expected = {
-            "stats": (self._stats, set(STATS_INPUTS), set(STATS_OUTPUTS)),
-            "dense": (self._dense, set(DENSE_INPUTS), set(DENSE_OUTPUTS)),
-        }
-        for name, (session, inputs, outputs) in expected.items():
-            have_in = {i.name for i in session.get_inputs()}
-            have_out = {o.name for o in session.get_outputs()}
-            if not inputs <= have_in or not outputs <= have_out:
-                raise DnrtError(
-                    f"model bundle {self.bundle.path}: {name}.onnx has inputs {sorted(have_in)} and outputs "
-                    f"{sorted(have_out)}; expected {sorted(inputs)} -> {sorted(outputs)}"
-                )
+    def _collect_session(self, image: bool):
+        """The session a collect call needs, created on first use: stats.onnx when the image is
+        wanted (IN), else the bundle's statistics-only collect.onnx (KIN, DN, TIN's thumbnail),
+        so a DN run never holds the weights of a session it does not use."""
+        with self._lazy_lock:
+            if image or self.bundle.collect_graph is None:
+                if self._stats is None:
+                    session = self._session(self.bundle.stats_graph, "stats")
+                    self._check_io("stats", session)
+                    self._stats = session
+                return self._stats
+            if self._collect is None:
+                session = self._session(self.bundle.collect_graph, "stats")
+                self._check_io("collect", session)
+                self._collect = session
+            return self._collect
+
+    def _check_io(self, name: str, session) -> None:
+        inputs, outputs = {
+            "stats": (STATS_INPUTS, STATS_OUTPUTS),
+            "collect": (STATS_INPUTS, STATS_OUTPUTS[1:]),
+            "dense": (DENSE_INPUTS, DENSE_OUTPUTS),
+        }[name]
+        have_in = {i.name for i in session.get_inputs()}
+        have_out = {o.name for o in session.get_outputs()}
+        if not set(inputs) <= have_in or not set(outputs) <= have_out:
+            raise DnrtError(
+                f"model bundle {self.bundle.path}: {name}.onnx has inputs {sorted(have_in)} and outputs "
+                f"{sorted(have_out)}; expected {sorted(inputs)} -> {sorted(outputs)}"
+            )
 
     def describe(self) -> str:
         import onnxruntime as ort
@@ -240,10 +260,9 @@ class OrtBackend(Backend):
         self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         self._require_active()
-        # Without the image output ONNX Runtime skips the nodes only it needs (the layers after
-        # the last norm, the last normalization itself) and its copy: 20 % of a small graph.
+        session = self._collect_session(image)
         outputs = list(STATS_OUTPUTS) if image else list(STATS_OUTPUTS[1:])
-        results = self._stats.run(
+        results = session.run(
             outputs,
             {"tiles": np.ascontiguousarray(tiles, np.float32), "collect_params": flavour.as_array()},
         )

@@ -79,6 +79,19 @@ class TranslateReport:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    On Linux the kernel's high-water mark of the process's own address space (``VmHWM``),
+    because ``ru_maxrss`` survives ``exec``: a child started by a big parent (a benchmark
+    harness with PyTorch loaded) would report at least the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

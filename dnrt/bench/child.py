@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -36,8 +35,9 @@ def _rss_now_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    from dnrt.runtime.api import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 class GpuMemorySampler:

@@ -175,7 +175,9 @@ class DenseNorm2d(nn.Module):
         centred = x - mean
         var = (centred * centred).sum(dim=(2, 3), keepdim=True) / (h * w - ddof)
         std = torch.maximum(torch.sqrt(var + eps), floor)
-        y = centred / std * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
+        y = centred / std
+        if self.affine:  # identity parameters would cost two full passes over the map
+            y = y * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
         if self.activation == "relu":
             y = torch.relu(y)
         ctx.means.append(mean.flatten(1))

@@ -18,7 +18,7 @@ Graph I/O (all float32; N, H, W dynamic):
 collect.onnx is stats.onnx without the image output and the nodes only the image needs (the
 layers after the last norm layer's statistics): KIN's and DN's first pass and TIN's thumbnail
 keep only the statistics, and on the official generator the final 7x7 convolution alone is 5 %
-of a collect. Bundles exported before it existed lack it; backends then run stats.onnx.
+of a collect. Bundles from an older export lack it; backends then run stats.onnx.
 
 ``L`` is the sum of every norm layer's channels: layer k owns the slice
 ``[offset_k, offset_k + channels_k)`` of the packed statistics.

@@ -144,6 +144,10 @@ def export_command(**kwargs: Any) -> None:
     _run_export(**kwargs)
 
 
+def _size_text(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
 @main.command("info", cls=DnrtCommand)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
@@ -171,6 +175,11 @@ def info_command(model: Path, as_json: bool) -> None:
         click.echo(f"source        {m.source.get('path')} sha256 {m.source.get('sha256')}")
     for note in m.notes:
         click.echo(f"note          {note}")
+    graphs = [g for g in (bundle.stats_graph, bundle.collect_graph, bundle.dense_graph) if g is not None]
+    listing = ", ".join(f"{g.name} {_size_text(g.stat().st_size)}" for g in graphs if g.is_file())
+    click.echo(f"graphs        {listing}")
+    if bundle.collect_graph is None:
+        click.echo("note          no collect.onnx (an older export): KIN/DN's first pass runs stats.onnx")
     click.echo(f"dnrt          {m.dnrt_version} (bundle format {m.format_version}, opset {m.opset})")
 
 

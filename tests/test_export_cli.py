@@ -109,6 +109,10 @@ def test_json_summary_and_info(tmp_path: Path) -> None:
     assert summary["dense_norm_nodes"] == 9 and summary["validation"]["dense_image"] <= 1e-4
     info = CliRunner().invoke(main, ["info", str(out)])
     assert info.exit_code == 0 and "official" in info.output and "9 (" in info.output
+    assert "collect.onnx" in info.output and "older export" not in info.output
+    (out / "collect.onnx").unlink()  # what a bundle from an older export looks like
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0 and "no collect.onnx" in info.output
 
 
 def one_line_error(result, fragment: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -71,10 +72,23 @@ def capi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build
 
 
+def _default_sigint() -> None:
+    # A shell runs background jobs with SIGINT ignored and children inherit that; the checks
+    # (the embedded interpreter leaves SIGINT alone) need the default disposition to start from.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(
     *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        preexec_fn=_default_sigint,
+    )
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:

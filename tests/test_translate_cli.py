@@ -238,6 +238,9 @@ def _cli(*args: str | Path, **kwargs) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # Python only turns SIGINT into KeyboardInterrupt when it starts with the default
+        # disposition; a shell's background jobs inherit SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **kwargs,
     )
 
@@ -260,7 +263,7 @@ def test_subprocess_errors_have_no_traceback(work: Path, bundle: Path) -> None:
 
 
 def test_ctrl_c_leaves_no_partial_file(work: Path, bundle: Path) -> None:
-    tifffile.imwrite(work / "large.tif", _rgb(1024, 1024), photometric="rgb", tile=(256, 256))
+    tifffile.imwrite(work / "large.tif", _rgb(2048, 2048), photometric="rgb", tile=(256, 256))
     proc = _cli(
         work / "large.tif", "-o", work / "out.tif", "-m", bundle, "--batch", "1", "--threads", "1", "-q"
     )

@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from dnrt.export.graph_edit import prune_to_outputs
+
 
 @dataclass(frozen=True)
 class _Axis:
@@ -113,7 +115,6 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
     equal strides >= 2, no dilation, explicit pads) in place; returns how many were replaced."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     nodes: list[onnx.NodeProto] = []
     replaced = 0
     for index, node in enumerate(graph.node):
@@ -185,9 +186,5 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
     if replaced:
         del graph.node[:]
         graph.node.extend(nodes)
-        # Drop the transposed weights nothing reads any more.
-        still_used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-        keep = [t for t in graph.initializer if t.name in still_used or t.name not in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        prune_to_outputs(graph)  # the transposed weights nothing reads any more
     return replaced

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from dnrt.errors import DnrtError
 from dnrt.export.deconv import rewrite_conv_transpose
+from dnrt.export.graph_edit import prune_to_outputs
 from dnrt.export.norm import dense_norm
 from dnrt.export.normswap import DnrtModel
 from dnrt.export.op_schema import DOMAIN, OP_TYPE, OP_VERSION, attach_function, register_schema
@@ -112,19 +113,7 @@ def statistics_only(stats: onnx.ModelProto) -> onnx.ModelProto:
     keep_outputs = [o for o in graph.output if o.name != "image"]
     del graph.output[:]
     graph.output.extend(keep_outputs)
-    needed = {o.name for o in keep_outputs}
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    kept.reverse()
-    del graph.node[:]
-    graph.node.extend(kept)
-    for field in (graph.initializer, graph.value_info):
-        survivors = [item for item in field if item.name in needed]
-        del field[:]
-        field.extend(survivors)
+    prune_to_outputs(graph)
     _check(proto, "collect")
     return proto
 

@@ -150,6 +150,7 @@ class TilePlan:
         return out
 
     def crop_output(self, image: np.ndarray) -> np.ndarray:
-        """Network outputs ``[n, C, S, S]`` float -> the tiles' own ``[n, T, T, C]`` (still float)."""
+        """Network outputs ``[n, C, S, S]`` -> the tiles' own ``[n, C, T, T]`` (a view, still planar:
+        the scheduler converts planes and interleaves channels only when it pastes)."""
         m, t = self.margin, self.tile
-        return image[:, :, m : m + t, m : m + t].transpose(0, 2, 3, 1)
+        return image[:, :, m : m + t, m : m + t]

@@ -305,11 +305,11 @@ class Scheduler:
     def _place(self, out: np.ndarray, cols: np.ndarray, image: np.ndarray, scratch: np.ndarray) -> None:
         """Crop network outputs to their tiles, convert them to uint8 (``from_network``) and
         paste them into the row's output band."""
-        t, m = self.plan.tile, self.plan.margin
+        t = self.plan.tile
         expected = (len(cols), self.manifest.out_channels, self.plan.input_size, self.plan.input_size)
         if image.shape != expected:
             raise DnrtError(f"backend returned images of shape {image.shape}, expected {expected}")
-        planar = network_output_to_uint8(image[:, :, m : m + t, m : m + t], scratch[: len(cols)])
+        planar = network_output_to_uint8(self.plan.crop_output(image), scratch[: len(cols)])
         h = out.shape[0]
         for i, q in enumerate(cols):
             x0 = int(q) * t

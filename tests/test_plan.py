@@ -70,9 +70,9 @@ def test_output_extent_and_crop() -> None:
     assert [plan.output_extent(r) for r in range(plan.rows)] == [(0, 16), (16, 32), (32, 48), (48, 50)]
     image = np.arange(2 * 3 * 24 * 24, dtype=np.float32).reshape(2, 3, 24, 24)
     cropped = plan.crop_output(image)
-    assert cropped.shape == (2, 16, 16, 3)
-    np.testing.assert_array_equal(cropped[1, 0, 0], image[1, :, 4, 4])
-    np.testing.assert_array_equal(cropped[0, 15, 15], image[0, :, 19, 19])
+    assert cropped.shape == (2, 3, 16, 16)
+    np.testing.assert_array_equal(cropped[1, :, 0, 0], image[1, :, 4, 4])
+    np.testing.assert_array_equal(cropped[0, :, 15, 15], image[0, :, 19, 19])
 
 
 def test_chunks_are_fixed_per_row() -> None:

@@ -21,6 +21,8 @@ DEVICES = ("cpu", "cuda")
 #: Graph I/O names (dnrt/bundle.py documents them).
 STATS_INPUTS = ("tiles", "collect_params")
 STATS_OUTPUTS = ("image", "tile_mean", "tile_std")
+#: collect.onnx: the statistics only.
+COLLECT_OUTPUTS = ("tile_mean", "tile_std")
 DENSE_INPUTS = ("tiles", "nbr_mean", "nbr_std")
 DENSE_OUTPUTS = ("image",)
 
@@ -226,7 +228,7 @@ class OrtBackend(Backend):
     def _check_io(self, name: str, session) -> None:
         inputs, outputs = {
             "stats": (STATS_INPUTS, STATS_OUTPUTS),
-            "collect": (STATS_INPUTS, STATS_OUTPUTS[1:]),
+            "collect": (STATS_INPUTS, COLLECT_OUTPUTS),
             "dense": (DENSE_INPUTS, DENSE_OUTPUTS),
         }[name]
         have_in = {i.name for i in session.get_inputs()}
@@ -261,14 +263,12 @@ class OrtBackend(Backend):
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         self._require_active()
         session = self._collect_session(image)
-        outputs = list(STATS_OUTPUTS) if image else list(STATS_OUTPUTS[1:])
-        results = session.run(
-            outputs,
-            {"tiles": np.ascontiguousarray(tiles, np.float32), "collect_params": flavour.as_array()},
-        )
-        if not image:
-            results = [None, *results]
-        return results[0], results[1], results[2]
+        feeds = {"tiles": np.ascontiguousarray(tiles, np.float32), "collect_params": flavour.as_array()}
+        if image:
+            out_image, mean, std = session.run(list(STATS_OUTPUTS), feeds)
+            return out_image, mean, std
+        mean, std = session.run(list(COLLECT_OUTPUTS), feeds)
+        return None, mean, std
 
     def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
         self._require_active()

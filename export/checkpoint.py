@@ -221,12 +221,7 @@ class _Unwrapper:
             gens = [k for k in GENERATOR_KEYS if k in nested]
             containers = [k for k in CONTAINER_KEYS if k in nested]
             if gens:
-                choice = gens[0]
-                if len(gens) > 1:
-                    self.notes.append(
-                        f"several generators in the checkpoint ({', '.join(gens)}); using {choice!r} "
-                        "(preference: A->B direction first); pass key= / --key to pick another"
-                    )
+                choice = self._pick_generator(gens)
             elif containers:
                 choice = containers[0]
             elif tensors:
@@ -263,12 +258,7 @@ class _Unwrapper:
             groups = list(dict.fromkeys(k.split(".", 1)[0] for k in sd))
             gens = [g for g in GENERATOR_KEYS if g in groups]
             if gens:
-                choice = gens[0]
-                if len(gens) > 1:
-                    self.notes.append(
-                        f"several generators in the checkpoint ({', '.join(gens)}); using {choice!r} "
-                        "(preference: A->B direction first); pass key= / --key to pick another"
-                    )
+                choice = self._pick_generator(gens)
                 sd = {k[len(choice) + 1 :]: v for k, v in sd.items() if k.startswith(choice + ".")}
                 self.trail.append(choice)
                 continue
@@ -279,6 +269,16 @@ class _Unwrapper:
                 self.stripped.append(container + ".")
                 continue
             return sd
+
+    def _pick_generator(self, gens: list[str]) -> str:
+        """The first of the generator keys present (GENERATOR_KEYS order), noting the others."""
+        choice = gens[0]
+        if len(gens) > 1:
+            self.notes.append(
+                f"several generators in the checkpoint ({', '.join(gens)}); using {choice!r} "
+                "(preference: A->B direction first); pass key= / --key to pick another"
+            )
+        return choice
 
     @staticmethod
     def _strip_all(sd: Mapping[str, Tensor], prefix: str) -> bool:

@@ -114,6 +114,10 @@ class TilePlan:
         batch = max(1, int(batch))
         return [np.arange(q, min(q + batch, self.cols)) for q in range(0, self.cols, batch)]
 
+    def columns_through(self, col: int) -> int:
+        """Output columns ``0 .. x-1`` covered by tile columns ``0 .. col``: returns ``x``."""
+        return min((col + 1) * self.tile, self.width)
+
     # -- data --------------------------------------------------------------------------
     def _runs(self, axis: str, index: int, offset: int = 0) -> tuple[Run, ...]:
         """Slice runs reading tile row ``index`` from a band starting at image row ``offset``,

@@ -58,6 +58,13 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
+    """Where output rows go, top to bottom.
+
+    A sink may also offer ``open_band(band) -> publish`` (the tiled TIFF writer does): the
+    scheduler then hands each row's band over before computing it and calls ``publish(x)``
+    after every chunk, so the sink encodes finished tiles while the model works on the rest.
+    """
+
     def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
         """Take the next output rows. With ``copy=False`` the caller hands the array over (it
         never touches it again), so the sink may keep it instead of copying it."""
@@ -270,6 +277,7 @@ class Scheduler:
     def _collect_row(self, band: RowBand, sink: Sink | None) -> None:
         """Stats graph over a row; IN writes its image output, KIN/DN keep the statistics."""
         out = self._new_output_band(band.row) if sink is not None else None
+        publish = self._hand_over(out, sink) if out is not None else None
         inputs, scratch = self._stage_buffers("collect")
         for cols in self.chunks:
             if self._halt.is_set():
@@ -280,27 +288,42 @@ class Scheduler:
             )
             if self.stats is not None:
                 self.stats.record(band.row, cols, mean, std)
-            if out is not None:
+            if publish is not None:
                 self._place(out, cols, image, scratch)
+                publish(self.plan.columns_through(int(cols[-1])))
             self.progress(len(cols), "collect")
-        if sink is not None:
-            self._timed("write", sink.write_band, out, copy=False)  # a fresh band per row
 
     def _infer_row(self, band: RowBand, sink: Sink) -> None:
         assert self.stats is not None
         out = self._new_output_band(band.row)
+        publish = self._hand_over(out, sink)
         inputs, scratch = self._stage_buffers("infer")
         for cols in self.chunks:
             tiles = self.plan.network_input(band, cols, out=inputs)
             nbr_mean, nbr_std = self.stats.neighbourhoods(band.row, cols)
             image = self._timed("infer", self.backend.infer, tiles, nbr_mean, nbr_std)
             self._place(out, cols, image, scratch)
+            publish(self.plan.columns_through(int(cols[-1])))
             self.progress(len(cols), "infer")
-        self._timed("write", sink.write_band, out, copy=False)  # a fresh band per row
 
     def _new_output_band(self, row: int) -> np.ndarray:
         y0, y1 = self.plan.output_extent(row)
         return np.empty((y1 - y0, self.plan.width, self.manifest.out_channels), dtype=np.uint8)
+
+    def _hand_over(self, out: np.ndarray, sink: Sink) -> Callable[[int], None]:
+        """Give a fresh output band to the sink; returns ``publish(x)``, called as columns
+        ``0 .. x-1`` become final (chunks run left to right). A sink with ``open_band`` gets the
+        band now and encodes tiles as they are published; any other gets it whole at the end."""
+        open_band = getattr(sink, "open_band", None)
+        if open_band is not None:
+            return self._timed("write", open_band, out)
+        width = self.plan.width
+
+        def publish(columns: int) -> None:
+            if columns == width:
+                self._timed("write", sink.write_band, out, copy=False)  # a fresh band per row
+
+        return publish
 
     def _place(self, out: np.ndarray, cols: np.ndarray, image: np.ndarray, scratch: np.ndarray) -> None:
         """Crop network outputs to their tiles, convert them to uint8 (``from_network``) and

@@ -501,6 +501,75 @@ def test_close_before_all_rows_aborts(tmp_path: Path) -> None:
         open_writer(out, 10, 50, 3).write_band(np.zeros((5, 49, 3), np.uint8))
 
 
+def fill_progressively(writer, image: np.ndarray, heights=(100, 28, 300), step: int = 48) -> None:
+    """Hand each band over empty (garbage in it) and fill it ``step`` columns at a time,
+    publishing each chunk; the writer thread gets a moment to run ahead after every publish,
+    so a writer that read unpublished columns would encode the garbage."""
+    import time
+
+    y, i = 0, 0
+    while y < image.shape[0]:
+        h = min(heights[i % len(heights)], image.shape[0] - y)
+        band = np.full((h, image.shape[1], image.shape[2]), 0xA5, np.uint8)
+        publish = writer.open_band(band)
+        for x in range(0, image.shape[1], step):
+            x1 = min(x + step, image.shape[1])
+            band[:, x:x1] = image[y : y + h, x:x1]
+            publish(x1)
+            time.sleep(0.002)
+        y += h
+        i += 1
+
+
+@pytest.mark.parametrize("pyramid", [False, True])
+def test_open_band_encodes_published_columns_only(tmp_path: Path, pyramid: bool) -> None:
+    image = noisy(700, 500)
+    out = tmp_path / "out.tif"
+    # 128-row bands align with the 128 px tiles (tiles cut straight from the band as columns are
+    # published); 100/28/300 do not (rows spanning bands wait for whole bands): both paths.
+    for heights in ((128,), (100, 28, 300)):
+        with open_writer(out, 700, 500, 3, tile=128, pyramid=pyramid, overwrite=True) as writer:
+            fill_progressively(writer, image, heights)
+        with tifffile.TiffFile(out) as tif:
+            np.testing.assert_array_equal(tif.pages[0].asarray(), image)
+            if pyramid:
+                levels = tif.series[0].levels
+                assert [lv.shape[:2] for lv in levels] == [(700, 500), *level_sizes(700, 500, 128)]
+                expected = np.floor(box_mean(image) + 0.5).astype(np.uint8)  # as in the test above
+                np.testing.assert_array_equal(levels[1].asarray(), expected)
+    assert leftovers(tmp_path) == []
+
+
+def test_open_band_mixes_with_write_band(tmp_path: Path) -> None:
+    image = noisy(300, 200)
+    out = tmp_path / "out.tif"
+    with open_writer(out, 300, 200, 3, tile=64) as writer:
+        writer.write_band(image[:70])
+        fill_progressively(writer, image[70:200], heights=(130,), step=64)
+        writer.write_band(image[200:])
+    np.testing.assert_array_equal(tifffile.imread(out), image)
+
+
+def test_open_band_misuse(tmp_path: Path) -> None:
+    out = tmp_path / "out.tif"
+    writer = open_writer(out, 100, 50, 3, tile=32)
+    band = np.zeros((60, 50, 3), np.uint8)
+    publish = writer.open_band(band)
+    publish(20)
+    with pytest.raises(ValueError, match="out of order: 10 after 20"):
+        publish(10)
+    with pytest.raises(ValueError, match="previous band is not complete"):
+        writer.write_band(np.zeros((40, 50, 3), np.uint8))
+    with pytest.raises(ValueError, match="0 of 100 rows"):
+        writer.close()  # the open band counts as not written
+    assert not out.exists() and leftovers(tmp_path) == []
+    with open_writer(out, 10, 50, 3) as other:
+        with pytest.raises(ValueError, match="C-contiguous"):
+            other.open_band(np.zeros((10, 100, 3), np.uint8)[:, ::2])
+        other.write_band(np.zeros((10, 50, 3), np.uint8))  # a refused band leaves the writer usable
+    assert tifffile.imread(out).shape == (10, 50, 3)
+
+
 def test_writer_thread_failure_surfaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dnrt.runtime.io import writer as writer_mod
 

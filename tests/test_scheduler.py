@@ -296,6 +296,43 @@ def test_streaming_holds_only_the_lookahead_window(mode: str, lookahead: int, ov
     )
 
 
+class _ProgressiveSink:
+    """A sink with ``open_band``: checks that every published column is already final."""
+
+    def __init__(self, expected: np.ndarray) -> None:
+        self.expected = expected
+        self.row = 0
+        self.published: list[tuple[int, int]] = []  # (band's first row, columns)
+
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
+        raise AssertionError("a sink with open_band gets every band through it")
+
+    def open_band(self, band: np.ndarray) -> Callable[[int], None]:
+        y0, y1 = self.row, self.row + band.shape[0]
+        self.row = y1
+
+        def publish(columns: int) -> None:
+            np.testing.assert_array_equal(band[:, :columns], self.expected[y0:y1, :columns])
+            self.published.append((y0, columns))
+
+        return publish
+
+
+@pytest.mark.parametrize("mode", ["in", "dn"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_bands_are_published_chunk_by_chunk(mode: str, schedule: str) -> None:
+    image = _image(40, 100, seed=7)  # 3 rows x 7 columns of 16 px tiles, the last 4 px wide
+    backend = FakeBackend(fake_bundle())
+    expected = reference_translate(FakeBackend(fake_bundle()), image, mode)
+    plan = TilePlan.create(image.shape[0], image.shape[1], TILE, MARGIN, backend.manifest.strides)
+    sink = _ProgressiveSink(expected)
+    Scheduler(backend, plan, ScheduleOptions(mode=mode, schedule=schedule, batch=3)).run(
+        ArraySource(image), sink
+    )
+    # batches of 3 columns: tiles 0-2, 3-5, 6 -> columns 48, 96 and the image's 100
+    assert sink.published == [(y0, x) for y0 in (0, 16, 32) for x in (48, 96, 100)]
+
+
 def test_statistics_never_read_before_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """The written-mask check is live: a scheduler that looks ahead too little is caught."""
     monkeypatch.setattr(DenseStats, "lookahead", 0)

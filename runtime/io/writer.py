@@ -6,6 +6,12 @@ out of the bands and feeds them to tifffile, which compresses them (in its own t
 writes them. Only the rows needed to complete the current tile row are buffered, so memory is
 bounded by the queue budget plus one tile row, whatever the image height.
 
+A band may also be handed over *before* it is filled (:meth:`TileWriter.open_band`): the caller
+fills it left to right and publishes how many columns are final, and the writer thread encodes
+each TIFF tile as soon as its columns are. Encoding then overlaps with the model computing the
+same band; otherwise the last band's encoding would only start once the model has finished, a
+tail in which one core works alone.
+
 Pyramids (``pyramid=True``): the reduced levels are computed while level 0 streams (see
 :mod:`.pyramid`) and written after it as further TIFF directories with ``NewSubfileType = 1``
 (reduced resolution) in the main IFD chain. That is the layout OpenSlide's generic-TIFF driver
@@ -25,6 +31,7 @@ import collections
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -95,6 +102,17 @@ class _Aborted(Exception):
     """Raised inside the writer thread to stop tifffile when the output is abandoned."""
 
 
+class _Band:
+    """A band in the writer's queue: its pixels and how many leading columns are final."""
+
+    __slots__ = ("pixels", "ready", "pushed")
+
+    def __init__(self, pixels: np.ndarray, ready: int) -> None:
+        self.pixels = pixels
+        self.ready = ready
+        self.pushed = False  # handed to the pyramid builder (done once, when complete)
+
+
 class TileWriter:
     """Streams bands into a tiled BigTIFF written under a temporary name, renamed on :meth:`close`.
 
@@ -129,7 +147,8 @@ class TileWriter:
         self._subifds = subifds
         self._source_meta = _metadata_from(source, channels)
 
-        self._queue: collections.deque[np.ndarray | None] = collections.deque()
+        self._queue: collections.deque[_Band | None] = collections.deque()
+        self._filling: _Band | None = None  # the band open_band handed over, until it is complete
         self._pending = 0
         self._cond = threading.Condition()
         self._aborting = False
@@ -154,7 +173,44 @@ class TileWriter:
         """Queue the next rows ``[h, width, channels]`` uint8; returns at once unless the queue
         budget is full. A copy is taken unless ``copy=False``, which hands the array over: the
         caller must not modify it afterwards (saves one band of memory and a copy)."""
+        band = self._checked_band(band)
+        if band.shape[0] == 0:
+            return
+        band = np.array(band, order="C", copy=True) if copy else np.ascontiguousarray(band)
+        self._enqueue(_Band(band, self.width))
+
+    def open_band(self, band: np.ndarray) -> Callable[[int], None]:
+        """Hand over the next rows before they are computed; returns ``publish(x)``.
+
+        The caller fills ``band`` (C-contiguous uint8 ``[h, width, channels]``) left to right
+        and calls ``publish(x)`` whenever columns ``0 .. x-1`` are final; it must not change
+        published columns. The writer thread encodes every tile whose columns are published
+        meanwhile. The band is complete at ``publish(width)``; the next band may be handed
+        over only then.
+        """
+        band = self._checked_band(band)
+        if not band.flags.c_contiguous:
+            raise ValueError("open_band needs a C-contiguous band (it is not copied)")
+        entry = _Band(band, 0 if band.shape[0] else self.width)
+        if band.shape[0]:
+            self._enqueue(entry)
+            self._filling = entry
+
+        def publish(columns: int) -> None:
+            if not 0 <= columns <= self.width or columns < entry.ready:
+                raise ValueError(f"columns published out of order: {columns} after {entry.ready}")
+            with self._cond:
+                entry.ready = columns
+                self._cond.notify_all()
+            if columns == self.width and self._filling is entry:
+                self._filling = None
+
+        return publish
+
+    def _checked_band(self, band: np.ndarray) -> np.ndarray:
         self._check_open()
+        if self._filling is not None:
+            raise ValueError("the previous band is not complete (publish all its columns first)")
         band = np.asarray(band)
         if band.ndim == 2 and self.channels == 1:
             band = band[:, :, None]
@@ -167,28 +223,28 @@ class TileWriter:
                 f"band of {band.shape[0]} rows overflows the image: {self.rows_received} of "
                 f"{self.height} rows already written"
             )
-        if band.shape[0] == 0:
-            return
-        band = np.array(band, order="C", copy=True) if copy else np.ascontiguousarray(band)
+        return band
+
+    def _enqueue(self, entry: _Band) -> None:
+        nbytes = entry.pixels.nbytes
         with self._cond:
-            while self._pending > 0 and self._pending + band.nbytes > self._queue_bytes:
+            while self._pending > 0 and self._pending + nbytes > self._queue_bytes:
                 self._raise_if_failed()
                 self._cond.wait(0.1)
             self._raise_if_failed()
-            self._queue.append(band)
-            self._pending += band.nbytes
+            self._queue.append(entry)
+            self._pending += nbytes
             self._cond.notify_all()
-        self.rows_received += band.shape[0]
+        self.rows_received += entry.pixels.shape[0]
 
     def close(self) -> None:
         """Finish the file (flush, pyramid levels) and rename it onto the destination."""
         if self._closed:
             return
         try:
-            if self.rows_received != self.height:
-                raise ValueError(
-                    f"output closed after {self.rows_received} of {self.height} rows; nothing was written"
-                )
+            if self.rows_received != self.height or self._filling is not None:
+                done = self.rows_received - (len(self._filling.pixels) if self._filling is not None else 0)
+                raise ValueError(f"output closed after {done} of {self.height} rows; nothing was written")
             with self._cond:
                 self._queue.append(None)  # end of level 0
                 self._cond.notify_all()
@@ -255,49 +311,66 @@ class TileWriter:
             self._pyramid.cleanup()
 
     # -- writer thread -------------------------------------------------------------------
-    def _next_band(self) -> np.ndarray | None:
+    def _next_band(self) -> _Band | None:
         with self._cond:
             while not self._queue:
                 self._stop_if_aborting()
                 self._cond.wait(0.1)
             self._stop_if_aborting()
-            band = self._queue.popleft()
-            if band is not None:
-                self._pending -= band.nbytes
+            entry = self._queue.popleft()
+            if entry is not None:
+                self._pending -= entry.pixels.nbytes
             self._cond.notify_all()
-            return band
+            return entry
 
     def _stop_if_aborting(self) -> None:
         if self._aborting:
             raise _Aborted
 
+    def _wait_columns(self, entry: _Band, columns: int) -> None:
+        """Block until columns ``0 .. columns-1`` of ``entry`` are final. A band seen complete
+        goes to the pyramid builder then (bands complete in order, each is pushed once)."""
+        if entry.ready < columns:
+            with self._cond:
+                while entry.ready < columns:
+                    self._stop_if_aborting()
+                    self._cond.wait(0.1)
+        if entry.ready == self.width and not entry.pushed:
+            entry.pushed = True
+            if self._pyramid is not None:
+                self._pyramid.push(entry.pixels)
+
     def _level0_tiles(self):  # type: ignore[no-untyped-def]
-        """Tiles of level 0 in row-major order, cut from the queued bands."""
+        """Tiles of level 0 in row-major order, cut from the queued bands as their columns
+        become final."""
         t, w = self.tile, self.width
         buf: np.ndarray | None = None
         filled = 0
         while True:
-            band = self._next_band()
-            if band is None:
+            entry = self._next_band()
+            if entry is None:
                 break
-            if self._pyramid is not None:
-                self._pyramid.push(band)
+            band = entry.pixels
             pos = 0
             while pos < len(band):
                 if filled == 0 and len(band) - pos >= t:
                     rows = band[pos : pos + t]  # whole tile row inside the band: no copy
                     pos += t
-                else:
-                    if buf is None:
-                        # A fresh buffer per tile row: tifffile may still hold views of the last one.
-                        buf = np.empty((t, w, self.channels), np.uint8)
-                    n = min(t - filled, len(band) - pos)
-                    buf[filled : filled + n] = band[pos : pos + n]
-                    filled += n
-                    pos += n
-                    if filled < t:
-                        continue
-                    rows, buf, filled = buf, None, 0
+                    for x in range(0, w, t):
+                        self._wait_columns(entry, min(x + t, w))
+                        yield rows[:, x : x + t]
+                    continue
+                self._wait_columns(entry, w)  # rows spanning bands are copied whole
+                if buf is None:
+                    # A fresh buffer per tile row: tifffile may still hold views of the last one.
+                    buf = np.empty((t, w, self.channels), np.uint8)
+                n = min(t - filled, len(band) - pos)
+                buf[filled : filled + n] = band[pos : pos + n]
+                filled += n
+                pos += n
+                if filled < t:
+                    continue
+                rows, buf, filled = buf, None, 0
                 for x in range(0, w, t):
                     yield rows[:, x : x + t]
         if filled:

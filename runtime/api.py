@@ -36,7 +36,7 @@ from dnrt.errors import Cancelled, DnrtError
 from dnrt.runtime.backends.base import Backend
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
-from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, resolve_overlap
+from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
 from dnrt.semantics import STD_FLOOR_DEFAULT, Mode
 
 __all__ = ["Cancelled", "ProgressCallback", "TranslateReport", "Translator", "translate"]
@@ -249,7 +249,9 @@ class Translator:
         if batch is None:
             batch = int(getattr(self.backend, "preferred_batch", 4))
             self.options = dataclasses.replace(self.options, batch=batch)
-        # Size the backend for one or two concurrent passes before it loads anything.
+        # Tell the backend what it will run before it loads anything: the graphs of the mode, and
+        # one or two concurrent passes.
+        self.backend.expect_graphs(graphs_for(self.options.mode))
         set_concurrency = getattr(self.backend, "set_concurrency", None)
         if set_concurrency is not None:
             set_concurrency(resolve_overlap(self.options, self.backend))

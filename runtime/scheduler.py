@@ -129,6 +129,12 @@ def resolve_overlap(options: ScheduleOptions, backend: Backend) -> bool:
     return bool(overlap) and options.schedule == "streaming" and options.mode in (Mode.KIN, Mode.DN)
 
 
+def graphs_for(mode: Mode) -> frozenset[str]:
+    """The bundle graphs a mode runs (see ``Backend.expect_graphs``)."""
+    mode = Mode(mode)
+    return frozenset({"stats"}) if mode is Mode.IN else frozenset({"collect", "dense"})
+
+
 class _Stop(Exception):
     """Raised inside a stage thread when the pipeline is being torn down."""
 

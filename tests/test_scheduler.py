@@ -445,3 +445,18 @@ def test_bundle_object_and_tile_override(backend_factory: BackendFactory) -> Non
         got, reference_translate(backend_factory(tile=24, margin=4), image, "dn", tile=24, margin=4)
     )
     assert isinstance(backend.bundle, Bundle)
+
+
+@pytest.mark.parametrize(
+    ("mode", "loaded"),
+    [("in", {"stats"}), ("tin", {"collect", "dense"}), ("kin", {"collect", "dense"}), ("dn", {"collect", "dense"})],
+)
+def test_ort_loads_exactly_the_graphs_of_the_mode(small_bundle_path: Path, mode: str, loaded: set[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    with Translator(small_bundle_path, mode=mode, backend="ort", progress=False) as translator:
+        backend = translator.backend
+        sessions = {"stats": backend._stats, "collect": backend._collect, "dense": backend._dense}
+        assert {name for name, session in sessions.items() if session is not None} == loaded
+        translator.translate(_image(40, 56))
+        sessions = {"stats": backend._stats, "collect": backend._collect, "dense": backend._dense}
+        assert {name for name, session in sessions.items() if session is not None} == loaded

@@ -199,6 +199,14 @@ def test_bad_bundles(work: Path, bundle: Path) -> None:
     (broken / "manifest.json").write_text((bundle / "manifest.json").read_text())
     (broken / "dense.onnx").write_bytes(b"\x08\x07garbage")
     _expect_error(work, [inp, "-o", out, "-m", broken, "--backend", "ort"], "cannot load")
+    # Each mode loads the graphs it runs, before any output exists; IN never runs dense.onnx.
+    code, _, err = _run(inp, "-o", out, "-m", broken, "--backend", "ort", "--mode", "in", "--quiet")
+    assert code == 0 and out.is_file(), err
+    out.unlink()
+    (broken / "dense.onnx").write_bytes((bundle / "dense.onnx").read_bytes())
+    (broken / "stats.onnx").write_bytes(b"\x08\x07garbage")
+    for mode in ("in", "dn", "kin", "tin"):
+        _expect_error(work, [inp, "-o", out, "-m", broken, "--backend", "ort", "--mode", mode], "stats.onnx")
 
 
 def test_bad_options(work: Path, bundle: Path) -> None:

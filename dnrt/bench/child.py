@@ -209,6 +209,7 @@ def run_whole(spec: dict[str, Any]) -> dict[str, Any]:
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends import get_backend
     from dnrt.runtime.io import open_image, open_writer
+    from dnrt.runtime.scheduler import graphs_for
     from dnrt.semantics import Mode, collect_flavour, from_network, reflect_index, to_network
 
     rss_before = _rss_now_mb()
@@ -231,6 +232,7 @@ def run_whole(spec: dict[str, Any]) -> dict[str, Any]:
                 context={"threads": spec.get("threads")},
                 **(spec.get("backend_options") or {}),
             )
+            backend.expect_graphs(graphs_for(Mode.IN))  # IN: no dense session to build
             with backend:
                 image, _, _ = backend.collect(tiles, collect_flavour(Mode.IN))
             del tiles

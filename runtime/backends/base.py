@@ -28,8 +28,18 @@ class Backend(abc.ABC):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.active = False
+        #: The graphs coming runs will use (``expect_graphs``); ``None``: not said.
+        self.expected_graphs: frozenset[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
+    def expect_graphs(self, graphs: frozenset[str]) -> None:
+        """Say which graphs the coming runs use, before ``activate``: ``"stats"`` (collect with
+        the image: IN), ``"collect"`` (statistics only: KIN, DN, TIN's thumbnail) and
+        ``"dense"`` (the second pass). A backend that loads a session or engine per graph
+        loads exactly these when activated: nothing is built for a graph the mode never runs,
+        and a broken graph it does run is reported before any output exists."""
+        self.expected_graphs = frozenset(graphs)
+
     def activate(self) -> None:
         self.active = True
 

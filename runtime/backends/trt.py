@@ -350,9 +350,18 @@ class TrtBackend(Backend):
         self.gpu_name = gpu
         logger = trt.Logger(trt.Logger.WARNING)
         self._load_plugin(trt, logger)
+        self._engine_context = (trt, logger, gpu, capability)
         self.stats_engine = self._engine(trt, logger, self.bundle.stats_graph, "stats", gpu, capability)
-        self.dense_engine = self._engine(trt, logger, self.bundle.dense_graph, "dense", gpu, capability)
+        # Building an engine takes minutes the first time: IN (expect_graphs) never runs dense.
+        if self.expected_graphs is None or "dense" in self.expected_graphs:
+            self._dense_engine()
         super().activate()
+
+    def _dense_engine(self) -> _Engine:
+        if self.dense_engine is None:
+            trt, logger, gpu, capability = self._engine_context
+            self.dense_engine = self._engine(trt, logger, self.bundle.dense_graph, "dense", gpu, capability)
+        return self.dense_engine
 
     def deactivate(self) -> None:
         for engine in (self.stats_engine, self.dense_engine):
@@ -397,6 +406,6 @@ class TrtBackend(Backend):
         return (out["image"] if image else None), out["tile_mean"], out["tile_std"]
 
     def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
-        assert self.dense_engine is not None, "backend not activated"
-        out = self._batched(self.dense_engine, {"tiles": tiles, "nbr_mean": nbr_mean, "nbr_std": nbr_std})
+        assert self.stats_engine is not None, "backend not activated"
+        out = self._batched(self._dense_engine(), {"tiles": tiles, "nbr_mean": nbr_mean, "nbr_std": nbr_std})
         return out["image"]

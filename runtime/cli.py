@@ -154,10 +154,10 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
 )
 @click.option(
     "--precision",
-    type=click.Choice(("fp32", "fp16"), case_sensitive=False),
+    type=click.Choice(("fp32", "fp16", "bf16"), case_sensitive=False),
     default="fp32",
     show_default=True,
-    help="Activation precision on GPU backends (torch-cuda, trt); statistics stay fp32.",
+    help="Activation precision: fp16 on GPU backends, bf16 on torch (CPUs with AVX512-BF16/AMX) and torch-cuda; statistics stay fp32.",
 )
 @click.option("--device", "device_index", type=int, default=0, show_default=True, help="CUDA device index.")
 @click.option(

@@ -64,3 +64,34 @@ def test_torch_cuda_matches_ort_cpu_and_streaming_equals_two_pass(small_bundle_p
         assert (diff <= 1).mean() >= 0.999
     else:
         assert (diff <= 2).mean() >= 0.99
+
+
+@pytest.mark.parametrize("mode", ["in", "dn"])
+def test_torch_cpu_bf16_stays_close_to_fp32(small_bundle_path, tissue, mode: str) -> None:
+    """bf16 activations on the CPU (statistics and norm layers fp32): a few grey levels at most
+    off the fp32 result, bit-identical between schedules, and any CPU runs it (emulated where
+    it lacks AVX512-BF16/AMX, which describe() says)."""
+    with Translator(small_bundle_path, mode=mode, backend="ort") as t:
+        want = t.translate(tissue).astype(np.int16)
+    results = []
+    for schedule in ("streaming", "two-pass"):
+        options = {"precision": "bf16"}
+        with Translator(small_bundle_path, mode=mode, schedule=schedule, backend="torch",
+                        backend_options=options) as t:
+            results.append(t.translate(tissue))
+            assert ", bf16" in t.backend.describe()
+    np.testing.assert_array_equal(results[0], results[1])
+    diff = np.abs(results[0].astype(np.int16) - want)
+    assert diff.mean() < 2 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99), diff.max())
+    assert diff.max() > 0  # it did compute in bf16
+
+
+def test_torch_precision_errors(small_bundle_path) -> None:
+    from dnrt.errors import DnrtError
+
+    with pytest.raises(DnrtError, match="fp16 needs a CUDA device; on the CPU use fp32, or bf16"):
+        Translator(small_bundle_path, backend="torch", backend_options={"precision": "fp16"})
+    with pytest.raises(DnrtError, match="unknown precision 'int8'"):
+        Translator(small_bundle_path, backend="torch", backend_options={"precision": "int8"})
+    with pytest.raises(DnrtError, match="fp32 only .* use torch for bf16 on the CPU"):
+        Translator(small_bundle_path, backend="ort", backend_options={"precision": "bf16"})

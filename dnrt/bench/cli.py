@@ -65,8 +65,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--margin", type=click.IntRange(min=0), help="Reflect margin M [default: the bundle's].")
 @click.option(
     "--precision",
-    type=click.Choice(("fp32", "fp16")),
-    help="GPU backends (torch-cuda, trt): compute precision.",
+    type=click.Choice(("fp32", "fp16", "bf16")),
+    help="Compute precision: fp16 on GPU backends, bf16 on torch (CPU with AVX512-BF16/AMX) and torch-cuda.",
 )
 @click.option(
     "--repeat", type=click.IntRange(min=1), default=3, show_default=True, help="Rounds; best is kept."

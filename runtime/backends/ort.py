@@ -86,7 +86,10 @@ class OrtBackend(Backend):
         super().__init__(bundle)
         if precision != "fp32":
             # The bundle's graphs are float32; a half-precision ONNX graph would be a second export.
-            raise DnrtError(f"the ONNX Runtime backend runs fp32 only (asked for {precision}); use torch-cuda or trt")
+            raise DnrtError(
+                f"the ONNX Runtime backend runs fp32 only (asked for {precision}); "
+                "use torch for bf16 on the CPU, torch-cuda or trt on a GPU"
+            )
         self.device_index = device_index
         if device not in DEVICES:
             raise DnrtError(f"unknown ONNX Runtime device {device!r} (expected one of {', '.join(DEVICES)})")

@@ -157,7 +157,7 @@ typedef struct dnrt_options {
     size_t size;
     /** "auto" (default; NULL means "auto"), "ort", "ort-cuda", "torch", "torch-cuda" or "trt". */
     const char* backend;
-    /** "fp32" or "fp16"; NULL (default): the backend's default (fp32). */
+    /** "fp32", "fp16" (GPU backends) or "bf16" (torch, torch-cuda); NULL (default): fp32. */
     const char* precision;
     /** A dnrt_mode; default DNRT_MODE_DN. */
     int32_t mode;

@@ -222,8 +222,8 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
         raise _Failure(
             INVALID_ARGUMENT, f"unknown backend {backend!r} (expected one of {', '.join(BACKEND_NAMES)})"
         )
-    if precision is not None and precision not in ("fp32", "fp16"):
-        raise _Failure(INVALID_ARGUMENT, f"unknown precision {precision!r} (expected fp32 or fp16)")
+    if precision is not None and precision not in ("fp32", "fp16", "bf16"):
+        raise _Failure(INVALID_ARGUMENT, f"unknown precision {precision!r} (expected fp32, fp16 or bf16)")
 
     if not os.path.lexists(path):
         raise _Failure(NOT_FOUND, f"model bundle not found: {path}")

@@ -558,6 +558,8 @@ def test_open_band_misuse(tmp_path: Path) -> None:
     publish(20)
     with pytest.raises(ValueError, match="out of order: 10 after 20"):
         publish(10)
+    with pytest.raises(ValueError, match="published 51 columns of a 50-column band"):
+        publish(51)
     with pytest.raises(ValueError, match="previous band is not complete"):
         writer.write_band(np.zeros((40, 50, 3), np.uint8))
     with pytest.raises(ValueError, match="0 of 100 rows"):

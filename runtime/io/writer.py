@@ -197,7 +197,9 @@ class TileWriter:
             self._filling = entry
 
         def publish(columns: int) -> None:
-            if not 0 <= columns <= self.width or columns < entry.ready:
+            if not 0 <= columns <= self.width:
+                raise ValueError(f"published {columns} columns of a {self.width}-column band")
+            if columns < entry.ready:
                 raise ValueError(f"columns published out of order: {columns} after {entry.ready}")
             with self._cond:
                 entry.ready = columns

@@ -175,7 +175,8 @@ def validate_bundle(model: DnrtModel, folder: Path, manifest: Manifest, seed: in
     channels = model.total_channels
     mean = np.repeat(np.repeat(torch_stats[0][:, :, None, None], 3, 2), 3, 3)
     std = np.repeat(np.repeat(torch_stats[1][:, :, None, None], 3, 2), 3, 3)
-    mean = (mean + rng.normal(0, 0.05, size=(2, channels, 3, 3)) * np.abs(mean).mean()).astype(np.float32)
+    scale = float(np.abs(mean).mean()) if mean.size else 0.0  # a model without norm layers has none
+    mean = (mean + rng.normal(0, 0.05, size=(2, channels, 3, 3)) * scale).astype(np.float32)
     std = (std * rng.uniform(0.8, 1.25, size=(2, channels, 3, 3))).astype(np.float32)
     (o_dense,) = dense.run(None, {"tiles": tiles, "nbr_mean": mean, "nbr_std": std})
     with torch.no_grad():

@@ -318,6 +318,13 @@ def test_backend_registry(bundle: Path) -> None:
 
     assert "ort" in available_backends()
     assert resolve_backend_name("auto") in available_backends()
+    # auto follows the precision: bf16 on a machine without a GPU backend is the CPU torch
+    # backend; fp16 has no CPU backend at all.
+    gpu = {"trt", "torch-cuda", "ort-cuda"} & set(available_backends())
+    if not gpu and "torch" in available_backends():
+        assert resolve_backend_name("auto", "bf16") == "torch"
+        with pytest.raises(DnrtError, match="no available backend computes in fp16 \\(those that do: trt, torch-cuda\\)"):
+            resolve_backend_name("auto", "fp16")
     with pytest.raises(DnrtError, match="unknown backend"):
         resolve_backend_name("tensorflow")
     loaded = load_bundle(bundle)

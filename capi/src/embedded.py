@@ -240,7 +240,7 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
         if mode == "kin":
             kin_kernel(int(options.kin_kernel), kernel_type)
     with _step(UNSUPPORTED):
-        name = resolve_backend_name(backend)
+        name = resolve_backend_name(backend, precision)
         translator = Translator(
             bundle,
             mode=mode,

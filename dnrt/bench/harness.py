@@ -393,7 +393,7 @@ def run_benchmark(options: BenchOptions, log: Log = lambda _: None) -> dict[str,
     load_before = load_average()
     model_path, model = resolve_model(options, log)
     image = resolve_image(options, log)
-    backend = resolve_backend_name(options.backend)
+    backend = resolve_backend_name(options.backend, options.precision)
 
     own_workdir = options.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="dnrt-bench-")) if own_workdir else Path(options.workdir)

@@ -56,6 +56,14 @@ _REGISTRY: dict[str, _Entry] = {
 BACKEND_NAMES = ("auto", *_REGISTRY)
 #: What ``--backend auto`` tries, best first.
 AUTO_ORDER = ("trt", "torch-cuda", "ort-cuda", "ort")
+#: Activation precisions each backend computes in (``--precision``).
+BACKEND_PRECISIONS = {
+    "ort": ("fp32",),
+    "ort-cuda": ("fp32",),
+    "torch": ("fp32", "bf16"),
+    "torch-cuda": ("fp32", "fp16", "bf16"),
+    "trt": ("fp32", "fp16"),
+}
 
 
 def _importable(module: str) -> bool:
@@ -108,13 +116,24 @@ def available_backends() -> list[str]:
     return [name for name in _REGISTRY if _available(name)]
 
 
-def resolve_backend_name(name: str) -> str:
-    """``auto`` -> the best available backend; other names are checked and returned."""
+def resolve_backend_name(name: str, precision: str | None = None) -> str:
+    """``auto`` -> the best available backend that computes in ``precision`` (default fp32);
+    other names are checked and returned (the backend itself refuses a precision it lacks).
+
+    The CPU ``torch`` backend is never the best fp32 choice (``ort`` is faster), but it is the
+    only CPU backend for bf16, so ``auto`` reaches it for bf16 when no GPU backend is usable.
+    """
     if name == "auto":
-        for candidate in AUTO_ORDER:
+        wanted = precision or "fp32"
+        candidates = [c for c in (*AUTO_ORDER, "torch") if wanted in BACKEND_PRECISIONS[c]]
+        for candidate in candidates:
             if _available(candidate):
                 return candidate
-        raise DnrtError("no backend is available: install onnxruntime (pip install onnxruntime)")
+        if wanted == "fp32":
+            raise DnrtError("no backend is available: install onnxruntime (pip install onnxruntime)")
+        raise DnrtError(
+            f"no available backend computes in {wanted} (those that do: {', '.join(candidates) or 'none'})"
+        )
     if name not in _REGISTRY:
         raise DnrtError(f"unknown backend {name!r} (expected one of {', '.join(BACKEND_NAMES)})")
     entry = _REGISTRY[name]
@@ -138,7 +157,7 @@ def get_backend(
     ``threads``: TensorRT builds its shape profile from them); each is passed only to
     backends whose constructor takes it.
     """
-    name = resolve_backend_name(name)
+    name = resolve_backend_name(name, options.get("precision"))
     entry = _REGISTRY[name]
     module = importlib.import_module(entry.module)
     cls = getattr(module, entry.cls)

@@ -350,3 +350,11 @@ def test_ort_backend_splits_threads_when_overlapping(bundle: Path) -> None:
     with Translator(bundle, backend="ort", mode="dn", threads=3, schedule="two-pass") as two_pass:
         assert two_pass.backend.session_threads("stats") == 3
         assert "3 threads" in two_pass.backend.describe()
+
+
+def test_too_old_onnxruntime_is_named(work: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.17.3")
+    _expect_error(work, [work / "in.tif", "-o", work / "out.tif", "-m", bundle, "--backend", "ort"],
+                  "onnxruntime 1.17.3 is too old for dnrt bundles (ONNX IR 10); pip install -U 'onnxruntime>=1.19'")

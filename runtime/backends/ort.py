@@ -60,6 +60,23 @@ def _shared_cpu_arena() -> bool:
         return _ARENA_STATE[0]
 
 
+#: Oldest ONNX Runtime that runs bundles: 1.19 loads ONNX IR version 10 (the exporter's) and
+#: numpy 2; 1.17 refuses the graphs ("Unsupported model IR version: 10").
+MIN_VERSION = (1, 19)
+
+
+def _check_version(version: str) -> None:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_VERSION:
+        raise DnrtError(
+            f"onnxruntime {version} is too old for dnrt bundles (ONNX IR 10); "
+            f"pip install -U 'onnxruntime>={MIN_VERSION[0]}.{MIN_VERSION[1]}'"
+        )
+
+
 class OrtBackend(Backend):
     """ONNX Runtime on the CPU or CUDA execution provider.
 
@@ -170,6 +187,7 @@ class OrtBackend(Backend):
     def _session(self, path, graph: str):
         import onnxruntime as ort
 
+        _check_version(ort.__version__)
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -355,6 +355,6 @@ def test_ort_backend_splits_threads_when_overlapping(bundle: Path) -> None:
 def test_too_old_onnxruntime_is_named(work: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime
 
-    monkeypatch.setattr(onnxruntime, "__version__", "1.17.3")
+    monkeypatch.setattr(onnxruntime, "__version__", "1.21.1")
     _expect_error(work, [work / "in.tif", "-o", work / "out.tif", "-m", bundle, "--backend", "ort"],
-                  "onnxruntime 1.17.3 is too old for dnrt bundles (ONNX IR 10); pip install -U 'onnxruntime>=1.19'")
+                  "onnxruntime 1.21.1 is too old for dnrt bundles; pip install -U 'onnxruntime>=1.22'")

@@ -60,9 +60,9 @@ def _shared_cpu_arena() -> bool:
         return _ARENA_STATE[0]
 
 
-#: Oldest ONNX Runtime that runs bundles: 1.19 loads ONNX IR version 10 (the exporter's) and
-#: numpy 2; 1.17 refuses the graphs ("Unsupported model IR version: 10").
-MIN_VERSION = (1, 19)
+#: Oldest ONNX Runtime that runs bundles: < 1.19 refuses ONNX IR version 10 (the exporter's),
+#: 1.19-1.21 reject some valid graphs in an optimizer pass (GatherSliceToSplitFusion).
+MIN_VERSION = (1, 22)
 
 
 def _check_version(version: str) -> None:
@@ -72,7 +72,7 @@ def _check_version(version: str) -> None:
         parts.append(int(digits) if digits else 0)
     if tuple(parts) < MIN_VERSION:
         raise DnrtError(
-            f"onnxruntime {version} is too old for dnrt bundles (ONNX IR 10); "
+            f"onnxruntime {version} is too old for dnrt bundles; "
             f"pip install -U 'onnxruntime>={MIN_VERSION[0]}.{MIN_VERSION[1]}'"
         )
 

@@ -9,6 +9,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")  # dnrt.export (the package of these rewrites) is the torch extra
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from dnrt.export.deconv import rewrite_conv_transpose  # noqa: E402

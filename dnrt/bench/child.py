@@ -238,7 +238,7 @@ def run_whole(spec: dict[str, Any]) -> dict[str, Any]:
             del tiles
             out = from_network(image[0, :, :h, :w].transpose(1, 2, 0))
             del image
-            writer = open_writer(
+            with open_writer(  # closes (commits) on success, aborts on any exception
                 spec["output"],
                 h,
                 w,
@@ -246,13 +246,8 @@ def run_whole(spec: dict[str, Any]) -> dict[str, Any]:
                 compression=spec.get("compression", "zlib"),
                 source=source,
                 overwrite=True,
-            )
-            try:
+            ) as writer:
                 writer.write_band(out, copy=False)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
         wall = time.perf_counter() - start
     gpu = _gpu_stats(sampler)
     return {
@@ -275,7 +270,7 @@ def run_copy(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     with open_image(spec["input"]) as source:
         h, w = source.height, source.width
-        writer = open_writer(
+        with open_writer(  # closes (commits) on success, aborts on any exception
             spec["output"],
             h,
             w,
@@ -283,14 +278,9 @@ def run_copy(spec: dict[str, Any]) -> dict[str, Any]:
             compression=spec.get("compression", "zlib"),
             source=source,
             overwrite=True,
-        )
-        try:
+        ) as writer:
             for y0 in range(0, h, band):
                 writer.write_band(source.read_region(y0, min(y0 + band, h), 0, w), copy=False)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
     wall = time.perf_counter() - start
     return {"ok": True, "wall_s": wall, "rss_before_mb": rss_before, "peak_rss_mb": _peak_rss_mb(), "gpu": {}}
 

@@ -74,7 +74,8 @@ class TorchBackend(Backend):
         # 3.2 s/tile at batch 2 for the collect pass in bf16); GPUs want batches.
         self.preferred_batch = 4 if device.startswith("cuda") else 1
         self.streams: dict[str, Any] = {}
-        self.channels_last = False  # set by activate (CPU: True)
+        # oneDNN's NHWC convolutions on the CPU (see the module docstring); CUDA keeps NCHW.
+        self.channels_last = not device.startswith("cuda")
 
     def activate(self) -> None:
         try:
@@ -114,7 +115,6 @@ class TorchBackend(Backend):
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
         # Norm buffers (gamma/beta) stay float32: the statistics path is float32 throughout.
         self.model = model.to(self.device)
-        self.channels_last = self.device.type == "cpu"
         if self.channels_last:
             self.model.generator.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":

@@ -352,6 +352,25 @@ def test_ort_backend_splits_threads_when_overlapping(bundle: Path) -> None:
         assert "3 threads" in two_pass.backend.describe()
 
 
+def test_ort_default_threads_follow_the_network_size(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``--threads`` a tiny network runs on one core (its ops are too short to share,
+    and the reader and writer need the other); a real one on every core."""
+    from dnrt.bundle import load_bundle
+    from dnrt.runtime.backends.ort import OrtBackend
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    loaded = load_bundle(bundle)
+    backend = OrtBackend(loaded)
+    activations = backend.tile_activations()
+    size = loaded.manifest.tile + 2 * loaded.manifest.margin
+    assert activations == sum(layer.channels * (size // layer.stride) ** 2 for layer in loaded.manifest.layers)
+    monkeypatch.setattr(OrtBackend, "SMALL_NETWORK_ACTIVATIONS", activations + 1)
+    assert backend.total_threads == 1 and "(CPU, 1 thread)" in backend.describe()
+    assert OrtBackend(loaded, threads=3).total_threads == 3  # the user's word wins
+    monkeypatch.setattr(OrtBackend, "SMALL_NETWORK_ACTIVATIONS", activations)
+    assert backend.total_threads == 4 and "(CPU, 4 threads)" in backend.describe()
+
+
 def test_too_old_onnxruntime_is_named(work: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime
 

@@ -1,4 +1,4 @@
-"""Rewrite strided ConvTranspose nodes as sub-pixel convolutions (Conv + DepthToSpace + Slice).
+"""Rewrite strided ConvTranspose nodes as sub-pixel convolutions (Conv + DepthToSpace [+ Slice]).
 
 Why: ONNX Runtime's CPU ConvTranspose is a GEMM followed by a single-threaded col2im; on the
 official 64-feature generator its two upsampling layers took 2.6 of 6.9 s of a 544 px tile,
@@ -9,17 +9,17 @@ other runtime run well), a DepthToSpace and a crop. Same products, same sums, on
 order of the additions differs (the export's ORT-vs-PyTorch check covers it).
 
 The arithmetic, per axis (stride ``s``, kernel ``K``, pads ``p0``/``p1``, output padding
-``op``): output ``o`` of the transposed convolution collects ``x[i] * w[k]`` over
-``o + p0 = i*s + k``. Writing ``o + p0 = q*s + r`` (phase ``r``), the taps are ``k = r + j*s``
-at ``i = q - j``: for each phase a correlation of ``x`` with the kernel taps
-``w[r + (J-1-t)*s]``, ``t < J = ceil(K/s)`` (taps past ``K`` are zero). Phase ``r`` of
-output block ``q`` lands at ``q*s + r``: DepthToSpace's DCR order with the phases as the
-outer channel index.
+``op``): output ``o`` collects ``x[i] * w[k]`` over ``o + p0 = i*s + k``. Cutting the output
+into blocks of ``s`` pixels, each phase of a block is a correlation of ``x`` with every
+``s``-th kernel tap, and the phases stacked as output channels (outermost: DepthToSpace's DCR
+order) make one Conv. Where the blocks start is a free choice (``_Axis.layout``): the one
+with the fewest taps wins, then the one that needs no crop. For CycleGAN's ``k3 s2 p1 op1``
+the blocks align with the output and there is no Slice; the official DN generator's
+``k4 s2 p3`` needs blocks shifted by one pixel and a one-pixel crop on each side.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,18 @@ import onnx
 from onnx import helper, numpy_helper
 
 from dnrt.export.graph_edit import prune_to_outputs
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The sub-pixel form of one axis: a ``kernel``-tap convolution over the input zero-padded by
+    ``pads``, whose ``s`` phases interleave (DepthToSpace) into an output cropped by ``crop``.
+    ``taps[rho]`` lists ``(t, k)``: phase ``rho`` reads input tap ``t`` with kernel tap ``k``."""
+
+    kernel: int
+    pads: tuple[int, int]
+    crop: tuple[int, int]
+    taps: tuple[tuple[tuple[int, int], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -39,30 +51,42 @@ class _Axis:
     pad_end: int
     output_padding: int
 
-    @property
-    def taps(self) -> int:
-        """Kernel size of each phase's convolution: ``ceil(K / s)``."""
-        return -(-self.kernel // self.stride)
+    def layout(self, origin: int) -> _Layout:
+        """The sub-pixel form whose output blocks start ``origin`` pixels before the output.
 
-    @property
-    def skipped(self) -> int:
-        """Leading phase blocks that only feed cropped outputs (not computed at all)."""
-        return min(self.pad_begin // self.stride, self.taps - 1)
+        Block ``b``, phase ``rho`` is output ``o = b*s - origin + rho``. Output ``o`` collects
+        ``x[i] * w[k]`` over ``o + p0 = i*s + k``; with ``o + p0 = b*s + m``, ``m = rho - origin
+        + p0``, the taps are ``k = m mod s + j*s`` at ``i = b + m // s - j``: input offsets
+        ``delta = m // s - j`` from the block. The convolution spans every phase's offsets.
+        """
+        s, p0 = self.stride, self.pad_begin
+        offsets: list[list[tuple[int, int]]] = []
+        for rho in range(s):
+            m = rho - origin + p0
+            offsets.append(
+                [(m // s - j, m % s + j * s) for j in range(-(-self.kernel // s)) if m % s + j * s < self.kernel]
+            )
+        deltas = [d for phase in offsets for d, _ in phase]
+        lo, hi = min(deltas), max(deltas)
+        span = hi - lo + 1
+        # Output length L = H*s + extra; blocks needed = H + extra_blocks (both H-independent).
+        extra = self.kernel + self.output_padding - p0 - self.pad_end - s
+        extra_blocks = -(-(extra + origin) // s)
+        begin = max(0, -lo)
+        first = lo + begin  # convolution output of block 0
+        end = max(0, first + extra_blocks + span - 1 - begin)
+        outputs_minus_h = begin + end - span + 1  # convolution outputs - H
+        crop_start = first * s + origin
+        crop_end = outputs_minus_h * s - crop_start - extra
+        taps = tuple(tuple((d - lo, k) for d, k in phase) for phase in offsets)
+        return _Layout(span, (begin, end), (crop_start, crop_end), taps)
 
-    @property
-    def conv_pads(self) -> tuple[int, int]:
-        """Zero padding of the input before the phase convolution."""
-        begin = self.taps - 1 - self.skipped
-        # Enough trailing blocks to reach the last output: independent of the input size.
-        end = max(0, math.ceil((self.kernel - self.pad_end + self.output_padding) / self.stride) - 1)
-        return begin, end
-
-    @property
-    def crop(self) -> tuple[int, int]:
-        """Pixels to drop at the start and the end of the interleaved output."""
-        start = self.pad_begin - self.skipped * self.stride
-        end = self.stride * (self.conv_pads[1] + 1) - self.kernel + self.pad_end - self.output_padding
-        return start, end
+    def best_layout(self) -> _Layout:
+        """The cheapest origin: fewest convolution taps (the work), then no crop (a Slice is a
+        full copy of the upsampled tensor). CycleGAN's ``k3 s2 p1 op1`` needs no crop at origin
+        0; the official DN generator's ``k4 s2 p3`` would need 3 taps there, 2 at origin 1."""
+        layouts = [self.layout(origin) for origin in range(self.stride)]
+        return min(layouts, key=lambda lay: (lay.kernel, lay.crop != (0, 0)))
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -92,22 +116,18 @@ def _axes(node: onnx.NodeProto, weight: np.ndarray) -> tuple[_Axis, _Axis] | Non
     )
 
 
-def _phase_weight(weight: np.ndarray, rows: _Axis, cols: _Axis) -> np.ndarray:
-    """``[Cin, Cout, Kh, Kw]`` transposed-conv weight -> ``[s*s*Cout, Cin, Jh, Jw]`` conv weight."""
+def _phase_weight(weight: np.ndarray, rows: _Layout, cols: _Layout) -> np.ndarray:
+    """``[Cin, Cout, Kh, Kw]`` transposed-conv weight -> ``[s*s*Cout, Cin, Jh, Jw]`` conv weight,
+    phases outermost (DepthToSpace's DCR order)."""
     c_in, c_out = weight.shape[:2]
-    s, jh, jw = rows.stride, rows.taps, cols.taps
-    out = np.zeros((s, s, c_out, c_in, jh, jw), dtype=weight.dtype)
-    for by in range(s):
-        for bx in range(s):
-            for ty in range(jh):
-                ky = by + (jh - 1 - ty) * s
-                if ky >= rows.kernel:
-                    continue
-                for tx in range(jw):
-                    kx = bx + (jw - 1 - tx) * s
-                    if kx < cols.kernel:
-                        out[by, bx, :, :, ty, tx] = weight[:, :, ky, kx].T
-    return out.reshape(s * s * c_out, c_in, jh, jw)
+    s = len(rows.taps)
+    out = np.zeros((s, s, c_out, c_in, rows.kernel, cols.kernel), dtype=weight.dtype)
+    for by, row_taps in enumerate(rows.taps):
+        for bx, col_taps in enumerate(cols.taps):
+            for ty, ky in row_taps:
+                for tx, kx in col_taps:
+                    out[by, bx, :, :, ty, tx] = weight[:, :, ky, kx].T
+    return out.reshape(s * s * c_out, c_in, rows.kernel, cols.kernel)
 
 
 def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
@@ -128,8 +148,8 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
         if axes is None:
             nodes.append(node)
             continue
-        rows, cols = axes
-        s = rows.stride
+        rows, cols = (axis.best_layout() for axis in axes)
+        s = axes[0].stride
         prefix = f"{node.name or 'ConvTranspose'}_{index}_subpixel"
         new_inits = [numpy_helper.from_array(_phase_weight(weight, rows, cols), f"{prefix}_weight")]
         conv_inputs = [node.input[0], f"{prefix}_weight"]
@@ -137,7 +157,7 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
             bias = numpy_helper.to_array(initializers[bias_name])
             new_inits.append(numpy_helper.from_array(np.tile(bias, s * s), f"{prefix}_bias"))
             conv_inputs.append(f"{prefix}_bias")
-        (top, bottom), (left, right) = rows.conv_pads, cols.conv_pads
+        (top, bottom), (left, right) = rows.pads, cols.pads
         conv_out, shuffled = f"{prefix}_phases", f"{prefix}_interleaved"
         nodes.append(
             helper.make_node(
@@ -145,7 +165,7 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
                 conv_inputs,
                 [conv_out],
                 name=f"{prefix}_conv",
-                kernel_shape=[rows.taps, cols.taps],
+                kernel_shape=[rows.kernel, cols.kernel],
                 pads=[top, left, bottom, right],
                 strides=[1, 1],
             )

@@ -78,6 +78,22 @@ def test_rewrite_matches_conv_transpose(case: str, bias: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("case", "cropped"),
+    [("cyclegan k3 s2 p1 op1", False), ("k2 s2", False), ("official k4 s2 p3", True), ("k4 s2 p1", True)],
+)
+def test_rewrite_uses_fewest_taps_and_crops_only_when_it_must(case: str, cropped: bool) -> None:
+    """Every phase convolution has ceil(K / s) taps (no zero taps computed), and the output is
+    cropped (a Slice: a copy of the whole upsampled tensor) only when no block origin avoids it."""
+    kernel, attrs = CASES[case]
+    model = _model(3, 5, kernel, False, **attrs)
+    assert rewrite_conv_transpose(model) == 1
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    shape = next(list(a.ints) for a in conv.attribute if a.name == "kernel_shape")
+    assert shape == [-(-k // 2) for k in kernel]
+    assert ("Slice" in [n.op_type for n in model.graph.node]) is cropped
+
+
+@pytest.mark.parametrize(
     "attrs",
     [
         dict(strides=[1, 1], pads=[1, 1, 1, 1]),  # stride 1: already a convolution

@@ -224,13 +224,23 @@ class Scheduler:
         #: stages run in different threads, so each has its own.
         self._buffers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.stats: NeighbourhoodSource | None = None
+        channels = self.manifest.total_channels
         if mode is Mode.DN:
-            self.stats = DenseStats(plan.rows, plan.cols, self.manifest.total_channels, options.std_floor)
+            window = self._table_window(DenseStats.lookahead)
+            self.stats = DenseStats(plan.rows, plan.cols, channels, options.std_floor, window)
         elif mode is Mode.KIN:
             kernel = kin_kernel(options.kin_kernel, options.kin_kernel_type)
-            self.stats = KernelStats(
-                plan.rows, plan.cols, self.manifest.total_channels, kernel, options.std_floor
-            )
+            window = self._table_window(kernel.shape[0] // 2)
+            self.stats = KernelStats(plan.rows, plan.cols, channels, kernel, options.std_floor, window)
+
+    def _table_window(self, lookahead: int) -> int | None:
+        """Tile rows of statistics to hold: all for two-pass; for streaming, the rows inferring
+        row ``r`` reads (``r - h .. r + h``) plus what the collector may write meanwhile: row
+        ``r + h`` in order, ``r + h + 1`` when it runs in its own thread (it holds at most one
+        finished row waiting for the consumer). Memory then follows the width, not the area."""
+        if self.options.schedule == "two-pass":
+            return None
+        return 2 * lookahead + 1 + (1 if self.overlap else 0)
 
     # -- accounting --------------------------------------------------------------------
     @property

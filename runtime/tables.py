@@ -37,44 +37,77 @@ class StatisticsReadBeforeWritten(RuntimeError):
 
 
 class StatsTables:
-    """Per-tile statistics ``S[R, Q, L]`` (mean and std) with a written-mask invariant."""
+    """Per-tile statistics ``S[R, Q, L]`` (mean and std) with a written-mask invariant.
 
-    def __init__(self, rows: int, cols: int, channels: int) -> None:
+    ``window`` bounds how many tile rows are held: row ``r`` lives in slot ``r % window`` and
+    writing a row evicts the one ``window`` rows above it. Streaming needs only the rows
+    around the inferred one, and the whole table would grow with the slide's area: ``L`` is
+    5,248 channels for the official 64-feature generator, 42 KB per tile, 1.6 GB for a
+    100,000 x 100,000 px slide. ``None`` holds every row (two-pass needs them all). Reading an
+    evicted row is the same scheduler bug as reading one not yet written, and raises alike.
+    """
+
+    def __init__(self, rows: int, cols: int, channels: int, window: int | None = None) -> None:
         self.rows, self.cols, self.channels = rows, cols, channels
+        self.window = rows if window is None else max(1, min(int(window), rows))
         # NaN until written: if the invariant check were ever bypassed, DN's
         # non-finite -> centre rule (section 4.2) would show it as a seam, not garbage.
-        self.mean = np.full((rows, cols, channels), np.nan, dtype=np.float32)
-        self.std = np.full((rows, cols, channels), np.nan, dtype=np.float32)
-        self.written = np.zeros((rows, cols), dtype=bool)
+        self.mean = np.full((self.window, cols, channels), np.nan, dtype=np.float32)
+        self.std = np.full((self.window, cols, channels), np.nan, dtype=np.float32)
+        self.written = np.zeros((self.window, cols), dtype=bool)
+        #: The tile row each slot holds (-1: none yet).
+        self.held = np.full(self.window, -1, dtype=np.int64)
+
+    def slots(self, rows: np.ndarray | int) -> np.ndarray:
+        """Slots of tile rows (whether they are still held is :meth:`require`'s question)."""
+        return np.asarray(rows, dtype=np.int64) % self.window
 
     def put(self, row: int, cols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
-        self.mean[row, cols] = mean
-        self.std[row, cols] = std
-        self.written[row, cols] = True
+        slot = row % self.window
+        if self.held[slot] != row:
+            if self.held[slot] > row:
+                raise StatisticsReadBeforeWritten(
+                    f"statistics of tile row {row} written after row {self.held[slot]} took its place "
+                    "(scheduler bug)"
+                )
+            self.mean[slot] = np.nan
+            self.std[slot] = np.nan
+            self.written[slot] = False
+            self.held[slot] = row
+        self.mean[slot, cols] = mean
+        self.std[slot, cols] = std
+        self.written[slot, cols] = True
 
     def row_complete(self, row: int) -> bool:
-        return bool(self.written[row].all())
+        slot = row % self.window
+        return bool(self.held[slot] == row and self.written[slot].all())
 
     def require(self, rows: np.ndarray, cols: np.ndarray | slice = slice(None)) -> None:
-        """Raise unless every entry of ``rows x cols`` has been written."""
-        block = self.written[np.asarray(rows)][:, cols]
-        if not block.all():
+        """Raise unless every entry of ``rows x cols`` has been written (and is still held)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        slots = self.slots(rows)
+        block = self.written[slots][:, cols]
+        if not (self.held[slots] == rows).all() or not block.all():
             raise StatisticsReadBeforeWritten(
-                f"statistics of tile rows {sorted(set(np.asarray(rows).tolist()))} read before they were "
-                "computed (scheduler bug)"
+                f"statistics of tile rows {sorted(set(rows.tolist()))} read before they were "
+                "computed or after they were dropped (scheduler bug)"
             )
 
     def nbytes(self) -> int:
         return self.mean.nbytes + self.std.nbytes + self.written.nbytes
 
 
-def gather_neighbourhoods(table: np.ndarray, row: int, cols: np.ndarray) -> np.ndarray:
+def gather_neighbourhoods(
+    table: np.ndarray, row: int, cols: np.ndarray, row_index: np.ndarray | None = None
+) -> np.ndarray:
     """Vectorized ``dnrt.semantics.gather_neighbourhood`` for tiles ``(row, cols)``: ``[n, L, 3, 3]``.
 
     Replication-pads the grid border; non-finite entries become the centre, per channel.
+    ``row_index``: where rows ``row - 1 .. row + 1`` (already clipped to the grid) are in
+    ``table``, when it holds a window of rows rather than all of them.
     """
     rows_total, cols_total = table.shape[:2]
-    ri = np.clip(np.arange(row - 1, row + 2), 0, rows_total - 1)  # [3]
+    ri = np.clip(np.arange(row - 1, row + 2), 0, rows_total - 1) if row_index is None else row_index  # [3]
     qi = np.clip(np.asarray(cols)[:, None] + np.arange(-1, 2), 0, cols_total - 1)  # [n, 3]
     nbr = table[ri[None, :, None], qi[:, None, :]]  # [n, 3, 3, L]
     nbr = nbr.transpose(0, 3, 1, 2)  # [n, L, 3, 3]
@@ -108,8 +141,15 @@ class DenseStats(NeighbourhoodSource):
 
     lookahead = 1
 
-    def __init__(self, rows: int, cols: int, channels: int, std_floor: float = STD_FLOOR_DEFAULT) -> None:
-        self.tables = StatsTables(rows, cols, channels)
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        channels: int,
+        std_floor: float = STD_FLOOR_DEFAULT,
+        window: int | None = None,
+    ) -> None:
+        self.tables = StatsTables(rows, cols, channels, window)
         self.std_floor = np.float32(std_floor)
 
     def record(self, row: int, cols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
@@ -122,10 +162,11 @@ class DenseStats(NeighbourhoodSource):
         near_rows = np.clip(np.arange(row - 1, row + 2), 0, t.rows - 1)
         near_cols = np.unique(np.clip(np.asarray(cols)[:, None] + np.arange(-1, 2), 0, t.cols - 1))
         t.require(near_rows, near_cols)
-        nbr_mean = gather_neighbourhoods(t.mean, row, cols)
+        slots = t.slots(near_rows)
+        nbr_mean = gather_neighbourhoods(t.mean, row, cols, slots)
         # The floor is exact in float32: max() of float32 values with the float32-rounded floor
         # equals rounding the float64 max() of the reference (rounding is monotonic).
-        nbr_std = np.maximum(gather_neighbourhoods(t.std, row, cols), self.std_floor)
+        nbr_std = np.maximum(gather_neighbourhoods(t.std, row, cols, slots), self.std_floor)
         return nbr_mean, nbr_std
 
 
@@ -139,9 +180,15 @@ class KernelStats(NeighbourhoodSource):
     """
 
     def __init__(
-        self, rows: int, cols: int, channels: int, kernel: np.ndarray, std_floor: float = STD_FLOOR_DEFAULT
+        self,
+        rows: int,
+        cols: int,
+        channels: int,
+        kernel: np.ndarray,
+        std_floor: float = STD_FLOOR_DEFAULT,
+        window: int | None = None,
     ) -> None:
-        self.tables = StatsTables(rows, cols, channels)
+        self.tables = StatsTables(rows, cols, channels, window)
         self.kernel = np.asarray(kernel, dtype=np.float64)
         self.lookahead = self.kernel.shape[0] // 2
         self.std_floor = float(std_floor)
@@ -157,8 +204,9 @@ class KernelStats(NeighbourhoodSource):
             slab = self.rows_needed(row, t.rows)
             t.require(slab)
             h = self.lookahead
-            mean = kin_smooth(t.mean[slab], self.kernel)[h]
-            std = np.maximum(kin_smooth(t.std[slab], self.kernel)[h], self.std_floor)
+            slots = t.slots(slab)
+            mean = kin_smooth(t.mean[slots], self.kernel)[h]
+            std = np.maximum(kin_smooth(t.std[slots], self.kernel)[h], self.std_floor)
             # Rows are inferred in order; older ones are never asked for again.
             self._row_cache = {r: v for r, v in self._row_cache.items() if r >= row - 1}
             self._row_cache[row] = (mean, std)

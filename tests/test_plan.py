@@ -190,6 +190,32 @@ def test_tables_start_unwritten() -> None:
     assert not t.row_complete(1)
 
 
+def test_windowed_tables_hold_only_recent_rows() -> None:
+    """A window of rows: memory independent of the row count, evicted rows refused like
+    unwritten ones, and a row written after its successor took its slot is a bug."""
+    full, windowed = StatsTables(40, 3, 4), StatsTables(40, 3, 4, window=3)
+    assert windowed.nbytes() == StatsTables(3, 3, 4).nbytes() < full.nbytes()
+    rng = np.random.default_rng(0)
+    for r in range(5):
+        mean, std = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+        windowed.put(r, np.arange(3), mean, std)
+        full.put(r, np.arange(3), mean, std)
+    windowed.require(np.array([2, 3, 4]))
+    with pytest.raises(StatisticsReadBeforeWritten, match="dropped"):
+        windowed.require(np.array([1, 2]))  # row 1's slot now holds row 4
+    assert windowed.row_complete(4) and not windowed.row_complete(1)
+    slots = windowed.slots(np.array([3, 4, 4]))  # the last row, replication-padded
+    np.testing.assert_array_equal(
+        gather_neighbourhoods(windowed.mean, 4, np.arange(3), slots),
+        gather_neighbourhoods(full.mean[:5], 4, np.arange(3)),
+    )
+    windowed.put(5, np.array([0]), np.zeros((1, 4)), np.ones((1, 4)))  # a new row starts unwritten
+    assert windowed.written[windowed.slots(5)].tolist() == [True, False, False]
+    assert np.isnan(windowed.mean[windowed.slots(5), 1:]).all()
+    with pytest.raises(StatisticsReadBeforeWritten, match="after row 5"):
+        windowed.put(2, np.arange(3), np.zeros((3, 4)), np.ones((3, 4)))
+
+
 # --------------------------------------------------------------------------- TIN thumbnail
 
 

@@ -249,6 +249,22 @@ def test_overlapped_streaming_equals_sequential(backend_factory: BackendFactory,
 # --------------------------------------------------------------------------- invariants
 
 
+@pytest.mark.parametrize(
+    ("mode", "schedule", "overlap", "window"),
+    [("dn", "streaming", False, 3), ("dn", "streaming", True, 4), ("kin", "streaming", False, 5),
+     ("kin", "streaming", True, 6), ("dn", "two-pass", False, 40), ("kin", "two-pass", False, 40)],
+)
+def test_streaming_statistics_memory_follows_the_width_not_the_area(
+    mode: str, schedule: str, overlap: bool, window: int
+) -> None:
+    """Streaming holds the rows of statistics around the inferred one; two-pass needs all."""
+    backend = FakeBackend(fake_bundle())
+    plan = TilePlan.create(16 * 40, 16 * 7, TILE, MARGIN, backend.manifest.strides)
+    options = ScheduleOptions(mode=mode, schedule=schedule, overlap=overlap)
+    stats = Scheduler(backend, plan, options).stats
+    assert stats.tables.window == window and stats.tables.mean.shape[0] == window
+
+
 class _Recorder:
     """A source and sink that log the order of reads and writes."""
 

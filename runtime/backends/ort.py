@@ -135,7 +135,7 @@ class OrtBackend(Backend):
         return self.threads or self.default_threads()
 
     def tile_activations(self) -> int:
-        """Values the network's norm layers see per tile: a measure of its work per call."""
+        """Values the network's norm layers see per tile of the bundle's size: a measure of its work per call."""
         size = self.manifest.tile + 2 * self.manifest.margin
         return sum(layer.channels * (size // layer.stride) ** 2 for layer in self.manifest.layers)
 

@@ -225,22 +225,22 @@ class Scheduler:
         self._buffers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.stats: NeighbourhoodSource | None = None
         channels = self.manifest.total_channels
+        ahead = self._rows_collected_ahead()
         if mode is Mode.DN:
-            window = self._table_window(DenseStats.lookahead)
-            self.stats = DenseStats(plan.rows, plan.cols, channels, options.std_floor, window)
+            self.stats = DenseStats(plan.rows, plan.cols, channels, options.std_floor, ahead)
         elif mode is Mode.KIN:
             kernel = kin_kernel(options.kin_kernel, options.kin_kernel_type)
-            window = self._table_window(kernel.shape[0] // 2)
-            self.stats = KernelStats(plan.rows, plan.cols, channels, kernel, options.std_floor, window)
+            self.stats = KernelStats(plan.rows, plan.cols, channels, kernel, options.std_floor, ahead)
 
-    def _table_window(self, lookahead: int) -> int | None:
-        """Tile rows of statistics to hold: all for two-pass; for streaming, the rows inferring
-        row ``r`` reads (``r - h .. r + h``) plus what the collector may write meanwhile: row
-        ``r + h`` in order, ``r + h + 1`` when it runs in its own thread (it holds at most one
-        finished row waiting for the consumer). Memory then follows the width, not the area."""
+    def _rows_collected_ahead(self) -> int | None:
+        """Rows of statistics the collector may write beyond the look-ahead while a row is
+        inferred, which the tables must hold besides the rows it reads: none in order, one when
+        the collector runs in its own thread (it holds at most one finished row waiting for the
+        consumer). ``None`` for two-pass, which keeps every row. Streaming memory then follows
+        the width, not the area."""
         if self.options.schedule == "two-pass":
             return None
-        return 2 * lookahead + 1 + (1 if self.overlap else 0)
+        return 1 if self.overlap else 0
 
     # -- accounting --------------------------------------------------------------------
     @property

@@ -135,6 +135,12 @@ class NeighbourhoodSource(abc.ABC):
         """Table rows that must be complete before ``row`` is inferred."""
         return np.clip(np.arange(row - self.lookahead, row + self.lookahead + 1), 0, rows_total - 1)
 
+    def _tables(self, rows: int, cols: int, channels: int, ahead: int | None) -> StatsTables:
+        """Tables holding the rows a neighbourhood reads (``r - lookahead .. r + lookahead``)
+        plus ``ahead`` more that a collector may be filling meanwhile; ``None``: every row."""
+        window = None if ahead is None else 2 * self.lookahead + 1 + ahead
+        return StatsTables(rows, cols, channels, window)
+
 
 class DenseStats(NeighbourhoodSource):
     """DN: the 3x3 neighbourhood of tile statistics, std floored (sections 4 and 8)."""
@@ -147,9 +153,9 @@ class DenseStats(NeighbourhoodSource):
         cols: int,
         channels: int,
         std_floor: float = STD_FLOOR_DEFAULT,
-        window: int | None = None,
+        ahead: int | None = None,
     ) -> None:
-        self.tables = StatsTables(rows, cols, channels, window)
+        self.tables = self._tables(rows, cols, channels, ahead)
         self.std_floor = np.float32(std_floor)
 
     def record(self, row: int, cols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
@@ -186,11 +192,11 @@ class KernelStats(NeighbourhoodSource):
         channels: int,
         kernel: np.ndarray,
         std_floor: float = STD_FLOOR_DEFAULT,
-        window: int | None = None,
+        ahead: int | None = None,
     ) -> None:
-        self.tables = StatsTables(rows, cols, channels, window)
         self.kernel = np.asarray(kernel, dtype=np.float64)
         self.lookahead = self.kernel.shape[0] // 2
+        self.tables = self._tables(rows, cols, channels, ahead)
         self.std_floor = float(std_floor)
         self._row_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

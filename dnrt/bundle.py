@@ -106,7 +106,9 @@ class Manifest:
         data.pop("total_channels", None)
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise DnrtError(f"bundle format version {version!r} is not supported (this dnrt reads {FORMAT_VERSION})")
+            raise DnrtError(
+                f"bundle format version {version!r} is not supported (this dnrt reads {FORMAT_VERSION})"
+            )
         try:
             data["layers"] = [LayerSpec(**layer) for layer in data["layers"]]
             return cls(**data)

@@ -65,14 +65,29 @@ def guarded(call: Callable[[], Any]) -> Any:
 def _export_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.argument("checkpoint", type=click.Path(path_type=Path)),
-        click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
-                     help="Bundle directory to write (what trt-translate --model takes)."),
-        click.option("--arch", default=None,
-                     help="Architecture (official, cyclegan, cut); detected from the keys if omitted."),
-        click.option("--key", default=None, help="Entry of a wrapped checkpoint holding the generator (e.g. G_A)."),
-        click.option("--tile", default=512, show_default=True, type=click.IntRange(min=8), help="Tile size T."),
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            required=True,
+            type=click.Path(path_type=Path),
+            help="Bundle directory to write (what trt-translate --model takes).",
+        ),
+        click.option(
+            "--arch",
+            default=None,
+            help="Architecture (official, cyclegan, cut); detected from the keys if omitted.",
+        ),
+        click.option(
+            "--key", default=None, help="Entry of a wrapped checkpoint holding the generator (e.g. G_A)."
+        ),
+        click.option(
+            "--tile", default=512, show_default=True, type=click.IntRange(min=8), help="Tile size T."
+        ),
         click.option("--margin", default=16, show_default=True, type=click.IntRange(min=0), help="Margin M."),
-        click.option("--opset", default=19, show_default=True, type=click.IntRange(min=1), help="ONNX opset (>= 19)."),
+        click.option(
+            "--opset", default=19, show_default=True, type=click.IntRange(min=1), help="ONNX opset (>= 19)."
+        ),
         click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check."),
         click.option("--overwrite", is_flag=True, help="Replace an existing bundle."),
         click.option("--quiet", is_flag=True, help="Print nothing but errors."),
@@ -83,21 +98,44 @@ def _export_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _run_export(checkpoint: Path, output: Path, arch: str | None, key: str | None, tile: int, margin: int,
-                opset: int, no_validate: bool, overwrite: bool, quiet: bool, as_json: bool) -> None:
+def _run_export(
+    checkpoint: Path,
+    output: Path,
+    arch: str | None,
+    key: str | None,
+    tile: int,
+    margin: int,
+    opset: int,
+    no_validate: bool,
+    overwrite: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     if not checkpoint.exists():
         raise DnrtError(f"checkpoint not found: {checkpoint}")
     try:
         from dnrt.export import export_checkpoint
     except ImportError as exc:
-        raise DnrtError(f"export needs PyTorch and onnx: pip install 'dnrt[export]' ({exc.name} is missing)") from None
+        raise DnrtError(
+            f"export needs PyTorch and onnx: pip install 'dnrt[export]' ({exc.name} is missing)"
+        ) from None
 
     def log(message: str) -> None:
         if not quiet and not as_json:
             click.echo(message, err=True)
 
-    result = export_checkpoint(checkpoint, output, arch=arch, key=key, tile=tile, margin=margin, opset=opset,
-                               validate=not no_validate, overwrite=overwrite, log=log)
+    result = export_checkpoint(
+        checkpoint,
+        output,
+        arch=arch,
+        key=key,
+        tile=tile,
+        margin=margin,
+        opset=opset,
+        validate=not no_validate,
+        overwrite=overwrite,
+        log=log,
+    )
     m = result.manifest
     if as_json:
         summary = {
@@ -108,7 +146,9 @@ def _run_export(checkpoint: Path, output: Path, arch: str | None, key: str | Non
             "channels": m.total_channels,
             "tile": m.tile,
             "margin": m.margin,
-            "validation": None if result.validation is None else {
+            "validation": None
+            if result.validation is None
+            else {
                 "stats_image": result.validation.stats_image,
                 "stats_moments": result.validation.stats_moments,
                 "dense_image": result.validation.dense_image,
@@ -117,8 +157,10 @@ def _run_export(checkpoint: Path, output: Path, arch: str | None, key: str | Non
         }
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
-        click.echo(f"wrote {result.path}: {m.architecture}, {len(m.layers)} DenseNorm layers, "
-                   f"tile {m.tile} + margin {m.margin}")
+        click.echo(
+            f"wrote {result.path}: {m.architecture}, {len(m.layers)} DenseNorm layers, "
+            f"tile {m.tile} + margin {m.margin}"
+        )
 
 
 @click.command("export-model", cls=DnrtCommand)
@@ -184,21 +226,43 @@ def info_command(model: Path, as_json: bool) -> None:
 
 
 @main.command("build-plugins", cls=DnrtCommand)
-@click.option("--build-dir", type=click.Path(path_type=Path), default=None,
-              help="CMake build folder [default: build/plugins in the source tree].")
-@click.option("--tensorrt-include", type=click.Path(path_type=Path), default=None,
-              help="TensorRT's include folder (holding NvInfer.h): also build libdnrt_trt_plugin.so.")
+@click.option(
+    "--build-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CMake build folder [default: build/plugins in the source tree].",
+)
+@click.option(
+    "--tensorrt-include",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TensorRT's include folder (holding NvInfer.h): also build libdnrt_trt_plugin.so.",
+)
 @click.option("--tensorrt-lib", type=click.Path(path_type=Path), default=None, help="TensorRT's lib folder.")
-@click.option("--cuda-arch", default=None, help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 or native [default: 75..90+PTX].")
+@click.option(
+    "--cuda-arch", default=None, help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 or native [default: 75..90+PTX]."
+)
 @click.option("--cpu-only", is_flag=True, help="Build only the CPU twin of the kernels (no nvcc needed).")
 @click.option("--quiet", is_flag=True, help="Hide the compiler output.")
-def build_plugins_command(build_dir: Path | None, tensorrt_include: Path | None, tensorrt_lib: Path | None,
-                          cuda_arch: str | None, cpu_only: bool, quiet: bool) -> None:
+def build_plugins_command(
+    build_dir: Path | None,
+    tensorrt_include: Path | None,
+    tensorrt_lib: Path | None,
+    cuda_arch: str | None,
+    cpu_only: bool,
+    quiet: bool,
+) -> None:
     """Build the CUDA kernels library and, with TensorRT headers, the TensorRT plugin."""
     from dnrt.kernels import build_plugins
 
-    built = build_plugins(build_dir, tensorrt_include=tensorrt_include, tensorrt_lib=tensorrt_lib, quiet=quiet,
-                          cuda_architectures=cuda_arch, cuda=not cpu_only)
+    built = build_plugins(
+        build_dir,
+        tensorrt_include=tensorrt_include,
+        tensorrt_lib=tensorrt_lib,
+        quiet=quiet,
+        cuda_architectures=cuda_arch,
+        cuda=not cpu_only,
+    )
     for name, path in built.items():
         click.echo(f"built {name}: {path}")
     if built and build_dir is not None:
@@ -211,7 +275,9 @@ def build_plugins_command(build_dir: Path | None, tensorrt_include: Path | None,
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Largest tile batch.")
 @click.option("--tile", type=click.IntRange(min=8), default=None, help="Tile size [default: the bundle's].")
 @click.option("--margin", type=click.IntRange(min=0), default=None, help="Margin [default: the bundle's].")
-def build_engine_command(model: Path, precision: str, batch: int, tile: int | None, margin: int | None) -> None:
+def build_engine_command(
+    model: Path, precision: str, batch: int, tile: int | None, margin: int | None
+) -> None:
     """Build (and cache) the TensorRT engines of a bundle ahead of time."""
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends import get_backend
@@ -225,8 +291,13 @@ def build_engine_command(model: Path, precision: str, batch: int, tile: int | No
 
 @main.command("trt-onnx", cls=DnrtCommand)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Where to write the TensorRT-ready DN graph (.onnx).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where to write the TensorRT-ready DN graph (.onnx).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
 def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
     """Write the bundle's DN graph for trtexec: DenseNorm bound to the plugin, not its body.

@@ -27,8 +27,15 @@ from dnrt.errors import DnrtError
 MODES = ("in", "tin", "kin", "dn")
 #: The extra run that shows the DN reference's own margin geometry (each tile mirrors itself).
 REFERENCE_RUN = "dn-tile-margin"
-LABELS = {"in": "IN (patch-wise)", "tin": "TIN (thumbnail)", "kin": "KIN (kernelized)", "dn": "DN (dense)",
-          REFERENCE_RUN: "DN, reference margin", "truth": "ground truth IHC", "input": "input H&E"}
+LABELS = {
+    "in": "IN (patch-wise)",
+    "tin": "TIN (thumbnail)",
+    "kin": "KIN (kernelized)",
+    "dn": "DN (dense)",
+    REFERENCE_RUN: "DN, reference margin",
+    "truth": "ground truth IHC",
+    "input": "input H&E",
+}
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -86,14 +93,24 @@ def _comparison(panels: list[tuple[str, np.ndarray, np.ndarray]], notes: dict[st
             draw.text((x, 18), notes[key], fill=(90, 90, 90))
         canvas.paste(Image.fromarray(small), (x, label_h))
         canvas.paste(Image.fromarray(close), (x, label_h + thumb + pad))
-    draw.text((pad, height - 16), "top: whole slide; bottom: close-up centred on a corner where four tiles meet "
-              "(2x). Margins: the neighbouring pixels, except 'DN, reference margin' (each tile mirrors itself). "
-              "Seam score 1.0 = invisible.", fill=(90, 90, 90))
+    draw.text(
+        (pad, height - 16),
+        "top: whole slide; bottom: close-up centred on a corner where four tiles meet "
+        "(2x). Margins: the neighbouring pixels, except 'DN, reference margin' (each tile mirrors itself). "
+        "Seam score 1.0 = invisible.",
+        fill=(90, 90, 90),
+    )
     canvas.save(path)
 
 
-def run_demo(out: Path, size: int = 4096, seed: int = 0, backend: str = "auto", quiet: bool = False,
-             modes: tuple[str, ...] = MODES) -> dict:
+def run_demo(
+    out: Path,
+    size: int = 4096,
+    seed: int = 0,
+    backend: str = "auto",
+    quiet: bool = False,
+    modes: tuple[str, ...] = MODES,
+) -> dict:
     from dnrt.data.synthetic import write_pair
 
     out.mkdir(parents=True, exist_ok=True)
@@ -123,10 +140,28 @@ def run_demo(out: Path, size: int = 4096, seed: int = 0, backend: str = "auto", 
         runs.append((REFERENCE_RUN, "dn", "tile"))
     for i, (key, mode, margin_source) in enumerate(runs):
         target = out / f"demo_{key}.tif"
-        _say(f"[3/4] trt-translate --mode {mode} --margin-source {margin_source} ({i + 1}/{len(runs)})", quiet)
-        cmd = [sys.executable, "-m", "dnrt.runtime.cli", str(he), "-o", str(target), "--model", str(bundle),
-               "--mode", mode, "--margin-source", margin_source, "--backend", backend, "--overwrite", "--json",
-               "--quiet"]
+        _say(
+            f"[3/4] trt-translate --mode {mode} --margin-source {margin_source} ({i + 1}/{len(runs)})", quiet
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "dnrt.runtime.cli",
+            str(he),
+            "-o",
+            str(target),
+            "--model",
+            str(bundle),
+            "--mode",
+            mode,
+            "--margin-source",
+            margin_source,
+            "--backend",
+            backend,
+            "--overwrite",
+            "--json",
+            "--quiet",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             line = (result.stderr.strip().splitlines() or ["failed"])[-1]
@@ -143,8 +178,12 @@ def run_demo(out: Path, size: int = 4096, seed: int = 0, backend: str = "auto", 
     panels = [("input", _thumbnail(he, thumb), _crop(he, corner - crop // 4, corner - crop // 4, crop // 2))]
     for key in keys:
         target = out / f"demo_{key}.tif"
-        panels.append((key, _thumbnail(target, thumb), _crop(target, corner - crop // 4, corner - crop // 4, crop // 2)))
-    panels.append(("truth", _thumbnail(ihc, thumb), _crop(ihc, corner - crop // 4, corner - crop // 4, crop // 2)))
+        panels.append(
+            (key, _thumbnail(target, thumb), _crop(target, corner - crop // 4, corner - crop // 4, crop // 2))
+        )
+    panels.append(
+        ("truth", _thumbnail(ihc, thumb), _crop(ihc, corner - crop // 4, corner - crop // 4, crop // 2))
+    )
     panels = [(k, s, np.repeat(np.repeat(c, 2, 0), 2, 1)) for k, s, c in panels]
     notes = {k: f"seam {fidelity[k]['seam_score']:.2f}  PSNR {fidelity[k]['psnr_db']:.1f} dB" for k in keys}
     truth_fid = _fidelity(ihc, ihc, tile)
@@ -170,13 +209,17 @@ def run_demo(out: Path, size: int = 4096, seed: int = 0, backend: str = "auto", 
         print(f"\nbackend: {summary['backend']}")
         print(f"{'run':<16}{'margin':>7}{'seconds':>9}{'seam score':>12}{'PSNR vs truth':>15}")
         for key, _, source in runs:
-            print(f"{key:<16}{source:>7}{summary['seconds'][key]:>9.1f}{fidelity[key]['seam_score']:>12.3f}"
-                  f"{fidelity[key]['psnr_db']:>12.2f} dB")
+            print(
+                f"{key:<16}{source:>7}{summary['seconds'][key]:>9.1f}{fidelity[key]['seam_score']:>12.3f}"
+                f"{fidelity[key]['psnr_db']:>12.2f} dB"
+            )
         print(f"(ground truth seam score {truth_fid['seam_score']:.3f}: 1.0 means no visible seams)")
         print(f"\ninput      {he}\ntruth      {ihc}\nbundle     {bundle}")
         for key in keys:
             print(f"{key:<10} {out / f'demo_{key}.tif'}")
-        print(f"comparison {picture}\nsummary    {out / 'summary.json'}  ({summary['total_seconds']} s in all)")
+        print(
+            f"comparison {picture}\nsummary    {out / 'summary.json'}  ({summary['total_seconds']} s in all)"
+        )
     return summary
 
 

@@ -288,7 +288,9 @@ def check_map_sizes(tile: int, margin: int, strides: list[int]) -> list[int]:
     if tile <= 0 or margin < 0:
         raise DnrtError(f"tile must be positive and margin non-negative (got tile={tile}, margin={margin})")
     if margin >= tile:
-        raise DnrtError(f"margin ({margin}) must be smaller than the tile ({tile}): it is a reflect pad of the tile")
+        raise DnrtError(
+            f"margin ({margin}) must be smaller than the tile ({tile}): it is a reflect pad of the tile"
+        )
     size = tile + 2 * margin
     sizes = []
     for stride in sorted(set(strides)):

@@ -73,7 +73,9 @@ def write_bundle(
     out = Path(out)
     check_output_dir(out, overwrite)
     if manifest.opset < MIN_OPSET:
-        raise DnrtError(f"--opset {manifest.opset} is too old: DenseNorm's function body needs opset {MIN_OPSET}+")
+        raise DnrtError(
+            f"--opset {manifest.opset} is too old: DenseNorm's function body needs opset {MIN_OPSET}+"
+        )
     check_map_sizes(manifest.tile, manifest.margin, manifest.strides)
     manifest.dnrt_version = dnrt.__version__
 
@@ -183,4 +185,3 @@ def validate_bundle(model: DnrtModel, folder: Path, manifest: Manifest, seed: in
         t_dense = model.apply(torch.from_numpy(tiles), torch.from_numpy(mean), torch.from_numpy(std))
     dense_diff = float(np.abs(o_dense - t_dense.numpy()).max())
     return ValidationResult(image_diff, moment_diff, dense_diff, size)
-

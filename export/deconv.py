@@ -64,7 +64,11 @@ class _Axis:
         for rho in range(s):
             m = rho - origin + p0
             offsets.append(
-                [(m // s - j, m % s + j * s) for j in range(-(-self.kernel // s)) if m % s + j * s < self.kernel]
+                [
+                    (m // s - j, m % s + j * s)
+                    for j in range(-(-self.kernel // s))
+                    if m % s + j * s < self.kernel
+                ]
             )
         deltas = [d for phase in offsets for d, _ in phase]
         lo, hi = min(deltas), max(deltas)

@@ -69,16 +69,27 @@ def _cuda_kernels():  # -> CudaKernels | None
     return _KERNELS[0]
 
 
-def _dense_norm_cuda(kernels, x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor,
-                     eps: float, activation: str) -> Tensor:
+def _dense_norm_cuda(
+    kernels, x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
+) -> Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
     n, c, h, w = x.shape
     status = kernels.dense_norm(
         str(x.dtype).removeprefix("torch."),
-        x.data_ptr(), mean.float().contiguous().data_ptr(), std.float().contiguous().data_ptr(),
-        gamma.float().contiguous().data_ptr(), beta.float().contiguous().data_ptr(), y.data_ptr(),
-        n, c, h, w, eps=eps, relu=activation == "relu", stream=torch.cuda.current_stream(x.device).cuda_stream,
+        x.data_ptr(),
+        mean.float().contiguous().data_ptr(),
+        std.float().contiguous().data_ptr(),
+        gamma.float().contiguous().data_ptr(),
+        beta.float().contiguous().data_ptr(),
+        y.data_ptr(),
+        n,
+        c,
+        h,
+        w,
+        eps=eps,
+        relu=activation == "relu",
+        stream=torch.cuda.current_stream(x.device).cuda_stream,
     )
     kernels.check(status, "DenseNorm CUDA kernel")
     return y

@@ -85,7 +85,9 @@ def _find_swaps(module: nn.Module) -> list[_Swap]:
     return swaps
 
 
-def _probe(module: nn.Module, norms: list[nn.InstanceNorm2d], in_channels: int) -> tuple[list[int], list[int]]:
+def _probe(
+    module: nn.Module, norms: list[nn.InstanceNorm2d], in_channels: int
+) -> tuple[list[int], list[int]]:
     """Run one forward pass; return the call order of ``norms`` and each one's stride."""
     order: list[int] = []
     strides: dict[int, int] = {}
@@ -94,11 +96,15 @@ def _probe(module: nn.Module, norms: list[nn.InstanceNorm2d], in_channels: int) 
     def hook(mod: nn.Module, inputs: tuple[Tensor, ...]) -> None:
         i = index_of[id(mod)]
         if i in strides:
-            raise DnrtError(f"norm layer {i} is called twice in one forward pass; dnrt needs each layer used once")
+            raise DnrtError(
+                f"norm layer {i} is called twice in one forward pass; dnrt needs each layer used once"
+            )
         h, w = inputs[0].shape[-2:]
         if PROBE_SIZE % h or PROBE_SIZE % w or h != w:
-            raise DnrtError(f"a norm layer sees a {h}x{w} map for a {PROBE_SIZE} px input; dnrt supports "
-                            "generators whose maps are the input downsampled by integer factors")
+            raise DnrtError(
+                f"a norm layer sees a {h}x{w} map for a {PROBE_SIZE} px input; dnrt supports "
+                "generators whose maps are the input downsampled by integer factors"
+            )
         strides[i] = PROBE_SIZE // h
         order.append(i)
 

@@ -50,7 +50,9 @@ def _dense_norm_to_onnx(x, mean, std, gamma, beta, eps: float, activation: str):
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporter prints progress and warnings meant for its own developers."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [
+        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -63,8 +65,14 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def _export(module: nn.Module, args: tuple[Tensor, ...], input_names: list[str], output_names: list[str],
-            dynamic_shapes: dict[str, dict[int, str]], opset: int) -> onnx.ModelProto:
+def _export(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict[str, dict[int, str]],
+    opset: int,
+) -> onnx.ModelProto:
     register_schema()
     try:
         with _quiet_exporter(), torch.no_grad():
@@ -98,7 +106,14 @@ def export_stats_graph(model: DnrtModel, in_channels: int, opset: int) -> onnx.M
     size = _example_size(model)
     args = (torch.randn(2, in_channels, size, size), torch.tensor([1.0, 0.0, 3e-3]))
     dynamic = {"tiles": {0: "N", 2: "H", 3: "W"}, "collect_params": {}}
-    proto = _export(_StatsGraph(model), args, ["tiles", "collect_params"], ["image", "tile_mean", "tile_std"], dynamic, opset)
+    proto = _export(
+        _StatsGraph(model),
+        args,
+        ["tiles", "collect_params"],
+        ["image", "tile_mean", "tile_std"],
+        dynamic,
+        opset,
+    )
     rewrite_conv_transpose(proto)
     _check(proto, "stats")
     return proto
@@ -132,7 +147,9 @@ def export_dense_graph(model: DnrtModel, in_channels: int, opset: int) -> onnx.M
     rewrite_conv_transpose(proto)
     found = sum(1 for node in proto.graph.node if node.domain == DOMAIN and node.op_type == OP_TYPE)
     if found != len(model.layers):
-        raise DnrtError(f"DN graph has {found} DenseNorm nodes but the model has {len(model.layers)} norm layers")
+        raise DnrtError(
+            f"DN graph has {found} DenseNorm nodes but the model has {len(model.layers)} norm layers"
+        )
     _check(proto, "DN")
     return proto
 

@@ -111,7 +111,9 @@ def function_proto(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
         _const("axis1", [1], TensorProto.INT64),
         _const("chw", [1, -1, 1, 1], TensorProto.INT64),
         _const("cxx", [-1, 1, 1], TensorProto.INT64),
-        helper.make_node("Constant", [], ["relu_s"], value=helper.make_tensor("relu_s", TensorProto.STRING, [], [b"relu"])),
+        helper.make_node(
+            "Constant", [], ["relu_s"], value=helper.make_tensor("relu_s", TensorProto.STRING, [], [b"relu"])
+        ),
         eps_node,
         act_node,
     ]

@@ -386,7 +386,12 @@ class Translator:
         # Everything that can be refused is refused before the output file is created.
         self._check_source(source)
         TilePlan.create(
-            source.height, source.width, self.tile, self.margin, self.bundle.manifest.strides, self.margin_source
+            source.height,
+            source.width,
+            self.tile,
+            self.margin,
+            self.bundle.manifest.strides,
+            self.margin_source,
         )
         self.open()
         writer = open_writer(

@@ -145,7 +145,10 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     help="Lower bound of every KIN/DN std (keeps flat regions finite).",
 )
 @click.option(
-    "--threads", type=int, callback=_positive, help="CPU threads for the model [default: all cores; one for a tiny network on ort]."
+    "--threads",
+    type=int,
+    callback=_positive,
+    help="CPU threads for the model [default: all cores; one for a tiny network on ort].",
 )
 @click.option(
     "--overlap/--no-overlap",

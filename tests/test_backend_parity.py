@@ -47,7 +47,9 @@ def _cuda() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_torch_cuda_matches_ort_cpu_and_streaming_equals_two_pass(small_bundle_path, tissue, precision) -> None:
+def test_torch_cuda_matches_ort_cpu_and_streaming_equals_two_pass(
+    small_bundle_path, tissue, precision
+) -> None:
     if not _cuda():
         pytest.skip("no CUDA GPU visible to PyTorch")
     with Translator(small_bundle_path, mode="dn", backend="ort") as t:
@@ -55,8 +57,9 @@ def test_torch_cuda_matches_ort_cpu_and_streaming_equals_two_pass(small_bundle_p
     results = []
     for schedule in ("streaming", "two-pass"):
         options = {"precision": precision}
-        with Translator(small_bundle_path, mode="dn", schedule=schedule, backend="torch-cuda",
-                        backend_options=options) as t:
+        with Translator(
+            small_bundle_path, mode="dn", schedule=schedule, backend="torch-cuda", backend_options=options
+        ) as t:
             results.append(t.translate(tissue))
     np.testing.assert_array_equal(results[0], results[1])
     diff = np.abs(results[0].astype(np.int16) - want)
@@ -76,13 +79,18 @@ def test_torch_cpu_bf16_stays_close_to_fp32(small_bundle_path, tissue, mode: str
     results = []
     for schedule in ("streaming", "two-pass"):
         options = {"precision": "bf16"}
-        with Translator(small_bundle_path, mode=mode, schedule=schedule, backend="torch",
-                        backend_options=options) as t:
+        with Translator(
+            small_bundle_path, mode=mode, schedule=schedule, backend="torch", backend_options=options
+        ) as t:
             results.append(t.translate(tissue))
             assert ", bf16" in t.backend.describe()
     np.testing.assert_array_equal(results[0], results[1])
     diff = np.abs(results[0].astype(np.int16) - want)
-    assert diff.mean() < 2 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99), diff.max())
+    assert diff.mean() < 2 and np.percentile(diff, 99) <= 8, (
+        diff.mean(),
+        np.percentile(diff, 99),
+        diff.max(),
+    )
     assert diff.max() > 0  # it did compute in bf16
 
 

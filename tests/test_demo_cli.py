@@ -9,8 +9,11 @@ from dnrt.demo import main
 
 @pytest.mark.parametrize(
     "argv,fragment",
-    [(["--modes", "in,fancy"], "--modes must name"), (["--modes", ","], "--modes must name"),
-     (["--size", "100"], "at least 512")],
+    [
+        (["--modes", "in,fancy"], "--modes must name"),
+        (["--modes", ","], "--modes must name"),
+        (["--size", "100"], "at least 512"),
+    ],
 )
 def test_bad_arguments_give_one_error_line(argv: list[str], fragment: str, tmp_path, capsys) -> None:
     assert main([*argv, "--out", str(tmp_path / "demo")]) != 0

@@ -23,5 +23,10 @@ def test_cli_modules_are_light() -> None:
 
 
 def test_cli_help_does_not_load_heavy_libraries() -> None:
-    assert loaded_after("import sys; sys.argv = ['dnrt', '--help']\nimport dnrt.cli\ntry:\n    dnrt.cli.main()\n"
-                        "except SystemExit:\n    pass") == []
+    assert (
+        loaded_after(
+            "import sys; sys.argv = ['dnrt', '--help']\nimport dnrt.cli\ntry:\n    dnrt.cli.main()\n"
+            "except SystemExit:\n    pass"
+        )
+        == []
+    )

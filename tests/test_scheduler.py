@@ -251,8 +251,14 @@ def test_overlapped_streaming_equals_sequential(backend_factory: BackendFactory,
 
 @pytest.mark.parametrize(
     ("mode", "schedule", "overlap", "window"),
-    [("dn", "streaming", False, 3), ("dn", "streaming", True, 4), ("kin", "streaming", False, 5),
-     ("kin", "streaming", True, 6), ("dn", "two-pass", False, 40), ("kin", "two-pass", False, 40)],
+    [
+        ("dn", "streaming", False, 3),
+        ("dn", "streaming", True, 4),
+        ("kin", "streaming", False, 5),
+        ("kin", "streaming", True, 6),
+        ("dn", "two-pass", False, 40),
+        ("kin", "two-pass", False, 40),
+    ],
 )
 def test_streaming_statistics_memory_follows_the_width_not_the_area(
     mode: str, schedule: str, overlap: bool, window: int
@@ -443,7 +449,9 @@ def test_batches_are_fixed_per_row() -> None:
     assert [n for kind, n in backend.calls if kind == "collect"] == [3, 3, 1] * 3
 
 
-@pytest.mark.parametrize(("mode", "wants_image"), [("in", True), ("tin", False), ("kin", False), ("dn", False)])
+@pytest.mark.parametrize(
+    ("mode", "wants_image"), [("in", True), ("tin", False), ("kin", False), ("dn", False)]
+)
 def test_collect_asks_for_the_image_only_when_it_is_written(mode: str, wants_image: bool) -> None:
     backend = FakeBackend(fake_bundle())
     _translate(backend, _image(40, 56), mode=mode, batch=2)
@@ -465,9 +473,16 @@ def test_bundle_object_and_tile_override(backend_factory: BackendFactory) -> Non
 
 @pytest.mark.parametrize(
     ("mode", "loaded"),
-    [("in", {"stats"}), ("tin", {"collect", "dense"}), ("kin", {"collect", "dense"}), ("dn", {"collect", "dense"})],
+    [
+        ("in", {"stats"}),
+        ("tin", {"collect", "dense"}),
+        ("kin", {"collect", "dense"}),
+        ("dn", {"collect", "dense"}),
+    ],
 )
-def test_ort_loads_exactly_the_graphs_of_the_mode(small_bundle_path: Path, mode: str, loaded: set[str]) -> None:
+def test_ort_loads_exactly_the_graphs_of_the_mode(
+    small_bundle_path: Path, mode: str, loaded: set[str]
+) -> None:
     pytest.importorskip("onnxruntime")
     with Translator(small_bundle_path, mode=mode, backend="ort", progress=False) as translator:
         backend = translator.backend

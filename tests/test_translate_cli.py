@@ -323,7 +323,9 @@ def test_backend_registry(bundle: Path) -> None:
     gpu = {"trt", "torch-cuda", "ort-cuda"} & set(available_backends())
     if not gpu and "torch" in available_backends():
         assert resolve_backend_name("auto", "bf16") == "torch"
-        with pytest.raises(DnrtError, match="no available backend computes in fp16 \\(those that do: trt, torch-cuda\\)"):
+        with pytest.raises(
+            DnrtError, match="no available backend computes in fp16 \\(those that do: trt, torch-cuda\\)"
+        ):
             resolve_backend_name("auto", "fp16")
     with pytest.raises(DnrtError, match="unknown backend"):
         resolve_backend_name("tensorflow")
@@ -363,7 +365,9 @@ def test_ort_default_threads_follow_the_network_size(bundle: Path, monkeypatch: 
     backend = OrtBackend(loaded)
     activations = backend.tile_activations()
     size = loaded.manifest.tile + 2 * loaded.manifest.margin
-    assert activations == sum(layer.channels * (size // layer.stride) ** 2 for layer in loaded.manifest.layers)
+    assert activations == sum(
+        layer.channels * (size // layer.stride) ** 2 for layer in loaded.manifest.layers
+    )
     monkeypatch.setattr(OrtBackend, "SMALL_NETWORK_ACTIVATIONS", activations + 1)
     assert backend.total_threads == 1 and "(CPU, 1 thread)" in backend.describe()
     assert OrtBackend(loaded, threads=3).total_threads == 3  # the user's word wins
@@ -375,5 +379,8 @@ def test_too_old_onnxruntime_is_named(work: Path, bundle: Path, monkeypatch: pyt
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "__version__", "1.21.1")
-    _expect_error(work, [work / "in.tif", "-o", work / "out.tif", "-m", bundle, "--backend", "ort"],
-                  "onnxruntime 1.21.1 is too old for dnrt bundles; pip install -U 'onnxruntime>=1.22'")
+    _expect_error(
+        work,
+        [work / "in.tif", "-o", work / "out.tif", "-m", bundle, "--backend", "ort"],
+        "onnxruntime 1.21.1 is too old for dnrt bundles; pip install -U 'onnxruntime>=1.22'",
+    )

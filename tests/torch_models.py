@@ -9,10 +9,17 @@ from torch import nn
 def small_generator() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.ReflectionPad2d(1), nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, affine=True), nn.ReLU(inplace=True),
-        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.InstanceNorm2d(6), nn.LeakyReLU(0.2),
-        nn.ConvTranspose2d(6, 4, 4, stride=2, padding=1), nn.InstanceNorm2d(4),
-        nn.Conv2d(4, 3, 1), nn.Tanh(),
+        nn.ReflectionPad2d(1),
+        nn.Conv2d(3, 4, 3),
+        nn.InstanceNorm2d(4, affine=True),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.InstanceNorm2d(6),
+        nn.LeakyReLU(0.2),
+        nn.ConvTranspose2d(6, 4, 4, stride=2, padding=1),
+        nn.InstanceNorm2d(4),
+        nn.Conv2d(4, 3, 1),
+        nn.Tanh(),
     )
     for m in net.modules():
         if isinstance(m, nn.InstanceNorm2d) and m.affine:

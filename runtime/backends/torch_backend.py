@@ -61,7 +61,9 @@ class TorchBackend(Backend):
         if precision not in PRECISIONS:
             raise DnrtError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
         if precision == "fp16" and not device.startswith("cuda"):
-            raise DnrtError("fp16 needs a CUDA device; on the CPU use fp32, or bf16 where the CPU has AVX512-BF16/AMX")
+            raise DnrtError(
+                "fp16 needs a CUDA device; on the CPU use fp32, or bf16 where the CPU has AVX512-BF16/AMX"
+            )
         self.device_name = device
         self.precision = precision
         self.threads = threads

@@ -159,7 +159,9 @@ class _Engine:
             self.host[name] = buf
         return buf[: int(np.prod(shape))].reshape(shape)
 
-    def run(self, feeds: dict[str, np.ndarray], wanted: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], wanted: Collection[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run on ``feeds``; return the outputs named in ``wanted`` (all by default). Every
         output still gets device memory (TensorRT writes them all); only the wanted ones are
         copied back."""

@@ -31,6 +31,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,8 +39,11 @@ from dnrt.errors import DnrtError
 
 __all__ = [
     "MICRONS_PER_PIXEL",
+    "SCANNERS",
     "STAINS",
+    "Scanner",
     "main",
+    "parse_scanner",
     "parse_size",
     "render_region",
     "render_region_pair",
@@ -689,7 +693,15 @@ def _render(
 
 
 def render_region(
-    seed: int, height: int, width: int, y0: int, y1: int, x0: int, x1: int, stain: str = "he"
+    seed: int,
+    height: int,
+    width: int,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+    stain: str = "he",
+    scanner: Scanner | None = None,
 ) -> np.ndarray:
     """Pixels [y0:y1, x0:x1] of the synthetic ``height`` x ``width`` slide as uint8 [h, w, 3].
 
@@ -701,16 +713,152 @@ def render_region(
     he, ihc = _render(seed, height, width, y0, y1, x0, x1, (stain == "he", stain == "ihc"))
     out = he if stain == "he" else ihc
     assert out is not None
+    if scanner is not None:
+        out = scanner.apply(out, seed, y0, x0, noisy=stain == "he")
     return out
 
 
 def render_region_pair(
-    seed: int, height: int, width: int, y0: int, y1: int, x0: int, x1: int
+    seed: int, height: int, width: int, y0: int, y1: int, x0: int, x1: int, scanner: Scanner | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(H&E, IHC) of the same region, sharing one geometry pass (cheaper than two calls)."""
     he, ihc = _render(seed, height, width, y0, y1, x0, x1, (True, True))
     assert he is not None and ihc is not None
+    if scanner is not None:
+        he = scanner.apply(he, seed, y0, x0, noisy=True)
+        ihc = scanner.apply(ihc, seed, y0, x0, noisy=False)
     return he, ihc
+
+
+# --------------------------------------------------------------------------------------------
+# Scanner realism
+# --------------------------------------------------------------------------------------------
+
+#: White balance maps the glass colour this far above 255, so that glass (and its sensor noise)
+#: saturates to a flat 255 the way a scanner's calibrated background does.
+WHITE_HEADROOM = 1.04
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """What a whole-slide scanner does to the rendered slide; every option off is the clean slide.
+
+    Applied per pixel in this order: sensor ``noise`` (standard deviation in grey levels,
+    approximately Gaussian, a hash of (seed, y, x, channel) like everything else here), a per-
+    channel gain that ``white_balance``s the glass colour to ``255 * WHITE_HEADROOM``, an
+    ``exposure`` gain on every channel, rounding and clipping to [0, 255] (a brighter exposure
+    clips bright tissue too), and for the H&E slide JPEG-compressed TIFF tiles of quality
+    ``jpeg`` (as SVS files store them). The ground-truth IHC goes through the same photometric
+    steps without noise or JPEG: the truth as a perfect sensor on the same scanner would see it.
+    """
+
+    noise: float = 0.0
+    white_balance: bool = False
+    exposure: float = 1.0
+    jpeg: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise) and 0 <= self.noise <= 64):
+            raise DnrtError(f"scanner noise must be between 0 and 64 grey levels, got {self.noise}")
+        if not (math.isfinite(self.exposure) and 0.25 <= self.exposure <= 4):
+            raise DnrtError(f"scanner exposure must be between 0.25 and 4, got {self.exposure}")
+        if self.jpeg is not None and not 1 <= self.jpeg <= 100:
+            raise DnrtError(f"scanner JPEG quality must be between 1 and 100, got {self.jpeg}")
+
+    @property
+    def clean(self) -> bool:
+        return self == Scanner()
+
+    @property
+    def photometric(self) -> bool:
+        return self.white_balance or self.exposure != 1.0
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe description: ``clean`` or e.g. ``noise2-wb-jpeg80``."""
+        for preset, scanner in SCANNERS.items():
+            if scanner == self:
+                return preset
+        parts = []
+        if self.noise:
+            parts.append(f"noise{self.noise:g}")
+        if self.white_balance:
+            parts.append("wb")
+        if self.exposure != 1.0:
+            parts.append(f"exp{self.exposure:g}")
+        if self.jpeg is not None:
+            parts.append(f"jpeg{self.jpeg}")
+        return "-".join(parts)
+
+    def gains(self) -> np.ndarray:
+        gain = np.full(3, self.exposure, np.float64)
+        if self.white_balance:
+            gain *= 255.0 * WHITE_HEADROOM / np.asarray(GLASS_RGB, np.float64)
+        return gain.astype(np.float32)
+
+    def apply(self, pixels: np.ndarray, seed: int, y0: int, x0: int, noisy: bool = True) -> np.ndarray:
+        """The scanned version of rendered pixels ``[h, w, 3]`` whose top-left is (y0, x0)."""
+        use_noise = noisy and self.noise > 0
+        if not use_noise and not self.photometric:
+            return pixels
+        v = pixels.astype(np.float32)
+        if use_noise:
+            h, w = pixels.shape[:2]
+            ys = np.arange(y0, y0 + h, dtype=np.int64)[:, None]
+            xs = np.arange(x0, x0 + w, dtype=np.int64)[None, :]
+            for c in range(3):
+                # Irwin-Hall of three uniforms: variance 1/4, so twice sigma gives std sigma.
+                total = _u01(ys, xs, _key(seed, 0x5CA0 + 3 * c))
+                total = total + _u01(ys, xs, _key(seed, 0x5CA1 + 3 * c))
+                total = total + _u01(ys, xs, _key(seed, 0x5CA2 + 3 * c))
+                v[..., c] += (total - f32(1.5)) * f32(2.0 * self.noise)
+        if self.photometric:
+            v *= self.gains()
+        return np.clip(np.rint(v), 0, 255).astype(np.uint8)
+
+
+#: Named scanner conditions (``--scanner NAME``); ``clean`` is the plain rendering.
+SCANNERS: dict[str, Scanner] = {
+    "clean": Scanner(),
+    "flat-glass": Scanner(white_balance=True),
+    "scanner": Scanner(noise=2.0, white_balance=True, jpeg=80),
+    "overexposed": Scanner(noise=2.0, white_balance=True, exposure=1.1, jpeg=80),
+}
+
+
+def parse_scanner(text: str | Scanner | None) -> Scanner:
+    """A preset name (``clean``, ``flat-glass``, ``scanner``, ``overexposed``) or options joined
+    by ``,`` or ``+``: ``noise=2,wb,exposure=1.1,jpeg=80``."""
+    if text is None:
+        return Scanner()
+    if isinstance(text, Scanner):
+        return text
+    name = text.strip().lower()
+    if name in SCANNERS:
+        return SCANNERS[name]
+    fields: dict = {}
+    try:
+        for part in filter(None, (p.strip() for p in name.replace("+", ",").split(","))):
+            key, _, value = part.partition("=")
+            if key in ("wb", "white-balance", "white_balance") and not value:
+                fields["white_balance"] = True
+            elif key == "noise":
+                fields["noise"] = float(value)
+            elif key == "exposure":
+                fields["exposure"] = float(value)
+            elif key == "jpeg":
+                fields["jpeg"] = int(value)
+            else:
+                raise ValueError(part)
+    except ValueError as exc:
+        raise DnrtError(
+            f"bad scanner {text!r} ({exc}): expected one of {', '.join(SCANNERS)} "
+            "or options like noise=2,wb,exposure=1.1,jpeg=80",
+            exit_code=2,
+        ) from None
+    if not fields:
+        raise DnrtError(f"bad scanner {text!r}: no options given", exit_code=2)
+    return Scanner(**fields)
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,7 +867,13 @@ def render_region_pair(
 
 
 def _band_tiles(
-    seed: int, height: int, width: int, stains: Sequence[str], tile: int, workers: int
+    seed: int,
+    height: int,
+    width: int,
+    stains: Sequence[str],
+    tile: int,
+    workers: int,
+    scanner: Scanner | None = None,
 ) -> Iterator[list[list[np.ndarray]]]:
     """Yield, band by band, each wanted stain's tiles of that band (row-major)."""
     want = ("he" in stains, "ihc" in stains)
@@ -731,6 +885,8 @@ def _band_tiles(
         for s in stains:
             img = he if s == "he" else ihc
             assert img is not None
+            if scanner is not None:
+                img = scanner.apply(img, seed, y, 0, noisy=s == "he")
             outs.append([img[:, x : x + tile] for x in range(0, width, tile)])
         return outs
 
@@ -754,10 +910,14 @@ def _band_tiles(
             yield pending.pop(0).result()
 
 
-def _writer_kwargs(tile: int, compression: str | None) -> dict:
+def _writer_kwargs(tile: int, compression: str | None, jpeg: int | None = None) -> dict:
     # 0.5 um/px == 20,000 px/cm
     px_per_cm = 1e4 / MICRONS_PER_PIXEL
+    extra = {} if jpeg is None else {"compressionargs": {"level": int(jpeg)}}
+    if jpeg is not None:
+        compression = "jpeg"
     return dict(
+        **extra,
         dtype=np.uint8,
         tile=(tile, tile),
         photometric="rgb",
@@ -783,6 +943,7 @@ def write_slide(
     tile: int = 512,
     compression: str | None = "zlib",
     workers: int = 1,
+    scanner: Scanner | None = None,
 ) -> str:
     """Write one stain of the synthetic slide as a tiled BigTIFF, one band of tiles at a time."""
     import tifffile
@@ -793,18 +954,27 @@ def write_slide(
     _check_region(height, width, 0, height, 0, width)
 
     def tiles() -> Iterator[np.ndarray]:
-        for (row,) in _band_tiles(seed, height, width, [stain], tile, workers):
+        for (row,) in _band_tiles(seed, height, width, [stain], tile, workers, scanner):
             yield from row
 
     path = os.fspath(path)
+    jpeg = scanner.jpeg if scanner is not None and stain == "he" else None
     try:
         with tifffile.TiffWriter(path, bigtiff=True) as tw:
-            kw = _writer_kwargs(tile, compression)
+            kw = _writer_kwargs(tile, compression, jpeg)
             tw.write(tiles(), shape=(height, width, 3), maxworkers=max(1, workers), **kw)
     except BaseException:
         _remove_quietly(path)  # never leave a truncated slide behind
         raise
     return path
+
+
+def pair_stem(
+    seed: int, height: int, width: int, scanner: Scanner | None = None, prefix: str = "synthetic"
+) -> str:
+    """File-name stem of a written pair: ``synthetic_s0_3024x4302`` (+ ``_scanner`` if not clean)."""
+    stem = f"{prefix}_s{seed}_{height}x{width}"
+    return stem if scanner is None or scanner.clean else f"{stem}_{scanner.name}"
 
 
 def _remove_quietly(*paths: str) -> None:
@@ -825,10 +995,12 @@ def write_pair(
     compression: str | None = "zlib",
     workers: int = 1,
     prefix: str = "synthetic",
+    scanner: Scanner | None = None,
 ) -> tuple[str, str]:
     """Write the H&E and IHC renderings of one slide; returns (he_path, ihc_path).
 
     Both files are written in one pass over the slide (the geometry is computed once per band).
+    With a non-clean ``scanner`` its name is part of the file names.
     """
     import tifffile
 
@@ -836,7 +1008,7 @@ def write_pair(
     _check_region(height, width, 0, height, 0, width)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    stem = f"{prefix}_s{seed}_{height}x{width}"
+    stem = pair_stem(seed, height, width, scanner, prefix)
     he_path = os.path.join(directory, f"{stem}_he.tif")
     ihc_path = os.path.join(directory, f"{stem}_ihc.tif")
 
@@ -872,7 +1044,7 @@ def write_pair(
     thread.start()
 
     def he_tiles() -> Iterator[np.ndarray]:
-        for he_row, ihc_row in _band_tiles(seed, height, width, ["he", "ihc"], tile, workers):
+        for he_row, ihc_row in _band_tiles(seed, height, width, ["he", "ihc"], tile, workers, scanner):
             if errors:  # the IHC writer failed: stop rendering, its error is raised below
                 raise RuntimeError("IHC writer failed")
             q.put(ihc_row)
@@ -882,7 +1054,8 @@ def write_pair(
     try:
         try:
             with tifffile.TiffWriter(he_path, bigtiff=True) as tw:
-                tw.write(gen, shape=(height, width, 3), maxworkers=1, **_writer_kwargs(tile, compression))
+                he_kw = _writer_kwargs(tile, compression, scanner.jpeg if scanner is not None else None)
+                tw.write(gen, shape=(height, width, 3), maxworkers=1, **he_kw)
         except RuntimeError:
             if not errors:
                 raise
@@ -998,6 +1171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--compression", default="zlib", help="zlib (default), zstd, lzw, none, ...")
     ap.add_argument("--workers", type=int, default=1, help="rendering threads")
     ap.add_argument("--stain", choices=("both", *STAINS), default="both")
+    ap.add_argument(
+        "--scanner",
+        default="clean",
+        help=f"scanner conditions: {', '.join(SCANNERS)} or options noise=2,wb,exposure=1.1,jpeg=80",
+    )
     args = ap.parse_args(argv)
     try:
         h, w = parse_size(args.size)
@@ -1007,11 +1185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DnrtError(f"bad --workers {args.workers}: must be >= 1", exit_code=2)
         _check_compression(args.compression)
         if args.stain == "both":
-            paths = write_pair(args.out, args.seed, h, w, args.tile, args.compression, args.workers)
+            scanner = parse_scanner(args.scanner)
+            paths = write_pair(
+                args.out, args.seed, h, w, args.tile, args.compression, args.workers, scanner=scanner
+            )
         else:
             os.makedirs(args.out, exist_ok=True)
-            p = os.path.join(args.out, f"synthetic_s{args.seed}_{h}x{w}_{args.stain}.tif")
-            paths = (write_slide(p, args.seed, h, w, args.stain, args.tile, args.compression, args.workers),)
+            scanner = parse_scanner(args.scanner)
+            p = os.path.join(args.out, f"{pair_stem(args.seed, h, w, scanner)}_{args.stain}.tif")
+            paths = (
+                write_slide(
+                    p, args.seed, h, w, args.stain, args.tile, args.compression, args.workers, scanner=scanner
+                ),
+            )
     except DnrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -177,6 +177,10 @@ def run_translate(spec: dict[str, Any]) -> dict[str, Any]:
         "backend_options": spec.get("backend_options") or None,
         "progress": False,
     }
+    # Absent: the runtime's own defaults.
+    for key in ("margin_source", "degenerate", "degenerate_ratio"):
+        if spec.get(key) is not None:
+            options[key] = spec[key]
     rss_before = _rss_now_mb()
     with GpuMemorySampler() if spec.get("gpu") else _Null() as sampler:
         start = time.perf_counter()

@@ -46,6 +46,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic slide seed.")
 @click.option(
+    "--scanner",
+    default="clean",
+    show_default=True,
+    help="Synthetic slide's scanner conditions, comma-separated to measure several in turn: clean, "
+    "flat-glass, scanner (noise, glass white-balanced to 255, JPEG tiles), overexposed, or options "
+    "like 'noise=2+wb+jpeg=80'.",
+)
+@click.option(
     "--ground-truth",
     type=click.Path(path_type=Path),
     help="With --image: the target-domain image to compute PSNR/SSIM against.",
@@ -62,7 +70,20 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--batch", type=click.IntRange(min=1), help="Tiles per backend call [default: the backend's].")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model [default: all cores].")
 @click.option("--tile", type=click.IntRange(min=8), help="Tile size T [default: the bundle's].")
-@click.option("--margin", type=click.IntRange(min=0), help="Reflect margin M [default: the bundle's].")
+@click.option("--margin", type=click.IntRange(min=0), help="Margin M [default: the bundle's].")
+@click.option(
+    "--margin-source",
+    type=click.Choice(("image", "tile"), case_sensitive=False),
+    default="image",
+    show_default=True,
+    help="image: true neighbouring pixels; tile: the reference's self-reflection.",
+)
+@click.option(
+    "--degenerate",
+    help="DN's degenerate-statistics rule for every DN mode [default: dnrt's]; a mode can name its "
+    "own: dn-streaming:zero, dn-streaming:isolate=0.5.",
+)
+@click.option("--degenerate-ratio", type=click.FloatRange(min=0, max=1, min_open=True))
 @click.option(
     "--precision",
     type=click.Choice(("fp32", "fp16", "bf16")),
@@ -103,6 +124,7 @@ def bench_command(
     image: Path | None,
     size: tuple[int, int] | None,
     seed: int,
+    scanner: str,
     ground_truth: Path | None,
     modes: str,
     backend: str,
@@ -110,6 +132,9 @@ def bench_command(
     threads: int | None,
     tile: int | None,
     margin: int | None,
+    margin_source: str,
+    degenerate: str | None,
+    degenerate_ratio: float | None,
     precision: str | None,
     repeat: int,
     compression: str,
@@ -137,6 +162,21 @@ def bench_command(
             raise DnrtError("--ground-truth goes with --image (the synthetic slide has its own)", exit_code=2)
         if image is not None and not image.exists():
             raise DnrtError(f"image not found: {image}")
+        from dnrt.data.synthetic import parse_scanner
+        from dnrt.semantics import check_degenerate
+
+        scanners = [v.strip() for v in scanner.split(",") if v.strip()] or ["clean"]
+        if image is not None and scanners != ["clean"]:
+            raise DnrtError("--scanner goes with the synthetic slide, not --image", exit_code=2)
+        for variant in scanners:
+            parse_scanner(variant)
+        if degenerate is not None or degenerate_ratio is not None:
+            try:
+                check_degenerate(
+                    degenerate or "reference", 0.5 if degenerate_ratio is None else degenerate_ratio
+                )
+            except DnrtError as exc:
+                raise DnrtError(str(exc), exit_code=2) from None
         options = BenchOptions(
             model=model,
             demo=demo,
@@ -149,6 +189,9 @@ def bench_command(
             threads=threads,
             tile=tile,
             margin=margin,
+            margin_source=margin_source.lower(),
+            degenerate=degenerate.lower() if degenerate else None,
+            degenerate_ratio=degenerate_ratio,
             precision=precision,
             repeat=repeat,
             compression=compression,
@@ -165,19 +208,28 @@ def bench_command(
 
             Compression(compression)  # a bad name fails now, not after the first run
         log = (lambda _: None) if quiet else (lambda msg: click.echo(msg, err=True))
-        result = run_benchmark(options, log=log)
-        result["command"] = shlex.join(["dnrt", "bench", *sys.argv[_argv_start() :]])
+        command = shlex.join(["dnrt", "bench", *sys.argv[_argv_start() :]])
+        results = []
+        for variant in scanners:
+            options.scanner = variant
+            result = run_benchmark(options, log=log)
+            result["command"] = command
+            results.append(result)
+        # One variant: its result as it is; several: one after the other.
+        combined = results[0] if len(results) == 1 else {"schema": "dnrt-bench-set/1", "runs": results}
         if json_path is not None:
-            write_json(result, json_path)
+            write_json(combined, json_path)
         if plot_path is not None:
             from dnrt.bench.plot import plot_result
 
-            plot_result(result, plot_path)
+            for result in results:
+                suffix = "" if len(results) == 1 else f"-{result['image'].get('scanner')}"
+                plot_result(result, plot_path.with_name(plot_path.stem + suffix + plot_path.suffix))
         if markdown_path is not None:
             from dnrt.bench.harness import markdown_report
 
             markdown_path.parent.mkdir(parents=True, exist_ok=True)
-            markdown_path.write_text(markdown_report(result))
+            markdown_path.write_text("\n".join(markdown_report(r) for r in results))
     except DnrtError as exc:
         raise CliError(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code) from None
     except KeyboardInterrupt:
@@ -190,7 +242,7 @@ def bench_command(
             f"unexpected {type(exc).__name__}: {first} (set DNRT_DEBUG=1 for the traceback)", 1
         ) from None
     if not quiet:
-        click.echo(format_report(result))
+        click.echo("\n\n".join(format_report(r) for r in results))
         for what, path in (("json", json_path), ("plot", plot_path), ("markdown", markdown_path)):
             if path is not None:
                 click.echo(f"wrote {what}: {path}", err=True)

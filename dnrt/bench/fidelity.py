@@ -46,7 +46,9 @@ partial blocks at the right/bottom edges included); the mean RGB of each block i
 between the two images; the score is the mean over blocks and channels of the absolute
 difference of those means, in 8-bit units. It measures whether regional colour (stain
 density, hue) is right regardless of texture: what a normalization with global statistics
-(TIN) gets wrong when the slide's staining drifts.
+(TIN) gets wrong when the slide's staining drifts. **Worst block error**: the largest of
+those per-block errors (mean over channels), i.e. the one most wrong 64 px region: what a
+blown-out tile shows and a slide-wide mean hides.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ import numpy as np
 __all__ = [
     "BAND_ROWS",
     "ErrorStats",
+    "BlockErrors",
     "SeamScore",
+    "block_colour_errors",
     "colour_error",
     "compare",
     "error_stats",
@@ -354,8 +358,26 @@ def ssim(a: Image, b: Image, band_rows: int = BAND_ROWS) -> float:
 # --------------------------------------------------------------------------- local colour
 
 
+@dataclass(frozen=True)
+class BlockErrors:
+    """Block-mean colour errors: the mean over blocks, the worst block and where it starts."""
+
+    mean: float
+    worst: float
+    worst_y: int
+    worst_x: int
+
+
 def colour_error(a: Image, b: Image, block: int = 64) -> float:
     """Mean absolute difference of ``block x block`` block-mean colours (module docstring)."""
+    return block_colour_errors(a, b, block).mean
+
+
+def block_colour_errors(a: Image, b: Image, block: int = 64) -> BlockErrors:
+    """Mean and worst over blocks of the block-mean colour error (module docstring).
+
+    The worst block is what a blown-out tile shows: one region whose colour is far off, which
+    a mean over the whole slide hides."""
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     with _open(a) as ra, _open(b) as rb:
@@ -363,7 +385,7 @@ def colour_error(a: Image, b: Image, block: int = 64) -> float:
         h, w = ra.height, ra.width
         starts = np.arange(0, w, block)
         widths = np.minimum(starts + block, w) - starts
-        total, blocks = 0.0, 0
+        total, blocks, worst, where = 0.0, 0, 0.0, (0, 0)
         for y0, y1 in _bands(h, block):
             pa = np.asarray(ra.read_region(y0, y1, 0, w), np.int64)
             pb = np.asarray(rb.read_region(y0, y1, 0, w), np.int64)
@@ -371,9 +393,13 @@ def colour_error(a: Image, b: Image, block: int = 64) -> float:
             sa = np.add.reduceat(pa.sum(axis=0), starts, axis=0)
             sb = np.add.reduceat(pb.sum(axis=0), starts, axis=0)
             n = ((y1 - y0) * widths)[:, None].astype(np.float64)
-            total += float(np.abs(sa / n - sb / n).mean(axis=1).sum())
+            errors = np.abs(sa / n - sb / n).mean(axis=1)
+            total += float(errors.sum())
+            i = int(errors.argmax())
+            if errors[i] > worst:
+                worst, where = float(errors[i]), (y0, int(starts[i]))
             blocks += len(starts)
-    return total / blocks
+    return BlockErrors(total / blocks, worst, *where)
 
 
 # --------------------------------------------------------------------------- all at once
@@ -385,5 +411,6 @@ def compare(output: Image, reference: Image, *, with_ssim: bool = True, block: i
     result = {"mae": stats.mae, "psnr": stats.psnr, "max_abs": float(stats.max_abs)}
     if with_ssim:
         result["ssim"] = ssim(output, reference)
-    result["colour_error"] = colour_error(output, reference, block)
+    blocks = block_colour_errors(output, reference, block)
+    result["colour_error"], result["worst_block_error"] = blocks.mean, blocks.worst
     return result

@@ -217,9 +217,92 @@ def dense_normalize(
     return y
 
 
-def sanitize_neighbourhood_std(nbr_std: np.ndarray, floor: float = STD_FLOOR_DEFAULT) -> np.ndarray:
-    """Floor a std neighbourhood before its reciprocal is taken (section 8)."""
-    return np.maximum(nbr_std, floor)
+# --------------------------------------------------------------------------- degenerate statistics
+
+
+class DegenerateRule(str, enum.Enum):
+    """How DN treats (near-)degenerate statistics in a 3x3 neighbourhood (section 8).
+
+    Every rule first floors each std at the absolute ``floor``. Then, per channel, with
+    ``s_c`` the centre's std, ``s_max`` the largest of the nine and ``ratio`` in (0, 1]:
+
+    - ``reference``: nothing more (the published arithmetic plus the floor; compatibility).
+    - ``relative-floor``: every std is raised to at least ``ratio * s_max``.
+    - ``zero``: an entry with ``s < ratio * s_max`` gets a zero reciprocal (its std is fed as
+      ``+inf``), so it lends no gain to the pixels near it.
+    - ``isolate``: an entry whose std and the centre's differ by more than ``1 / ratio``
+      (``min(s, s_c) < ratio * max(s, s_c)``) is replaced, mean and std, by the centre's:
+      the same treatment the reference gives a non-finite entry (section 4.2). A tissue tile
+      ignores a glass neighbour and a glass tile its tissue neighbours; each falls back to
+      its own statistics across that border, as patch-wise IN does.
+    - ``slide``: an entry with ``s < ratio * S`` takes the slide-level mean and std ``(M, S)``
+      (the statistics of the whole image shrunk to one tile, TIN's thumbnail pass). The
+      replacement depends on the entry alone, not on which tile looks at it, so neighbouring
+      tiles still agree along their common border (DN's seamlessness); a flat glass tile is
+      normalized as the whole slide would normalize it instead of amplifying its noise, and a
+      tissue tile next to it blends towards statistics of its own scale.
+    """
+
+    REFERENCE = "reference"
+    RELATIVE_FLOOR = "relative-floor"
+    ZERO = "zero"
+    ISOLATE = "isolate"
+    SLIDE = "slide"
+
+
+def condition_neighbourhood(
+    nbr_mean: np.ndarray,
+    nbr_std: np.ndarray,
+    rule: DegenerateRule | str = DegenerateRule.REFERENCE,
+    floor: float = STD_FLOOR_DEFAULT,
+    ratio: float = 0.25,
+    slide: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a :class:`DegenerateRule` to neighbourhoods ``[..., C, 3, 3]``; returns (mean, std).
+
+    ``slide`` is the slide-level ``(mean, std)`` ``[C]`` the ``slide`` rule needs. The
+    arithmetic keeps the inputs' dtype (float32 tables stay float32, the float64 reference
+    stays float64): only maxima, comparisons, selections and one product with ``ratio``, so
+    the runtime and this reference take the same decisions.
+    """
+    rule = DegenerateRule(rule)
+    mean = np.asarray(nbr_mean)
+    std = np.maximum(np.asarray(nbr_std), np.asarray(floor, dtype=np.asarray(nbr_std).dtype))
+    if rule is DegenerateRule.REFERENCE:
+        return mean, std
+    r = np.asarray(ratio, dtype=std.dtype)
+    if rule is DegenerateRule.SLIDE:
+        if slide is None:
+            raise DnrtError("the 'slide' degenerate-statistics rule needs the slide-level statistics")
+        slide_mean = np.asarray(slide[0], dtype=mean.dtype)[..., None, None]
+        slide_std = np.maximum(np.asarray(slide[1], dtype=std.dtype), std.dtype.type(floor))[..., None, None]
+        flat = std < r * slide_std
+        return np.where(flat, slide_mean, mean), np.where(flat, slide_std, std)
+    if rule is DegenerateRule.ISOLATE:
+        centre_std = std[..., 1:2, 1:2]
+        apart = np.minimum(std, centre_std) < r * np.maximum(std, centre_std)
+        return np.where(apart, mean[..., 1:2, 1:2], mean), np.where(apart, centre_std, std)
+    top = r * std.max(axis=(-2, -1), keepdims=True)
+    if rule is DegenerateRule.RELATIVE_FLOOR:
+        return mean, np.maximum(std, top)
+    return mean, np.where(std < top, np.asarray(np.inf, dtype=std.dtype), std)
+
+
+#: dnrt's default rule and ratio, chosen by measurement (docs/semantics.md section 8.1).
+DEGENERATE_DEFAULT = DegenerateRule.ISOLATE
+DEGENERATE_RATIO_DEFAULT = 0.25
+
+
+def check_degenerate(rule: DegenerateRule | str, ratio: float) -> DegenerateRule:
+    """Validate a rule name and its ratio; returns the rule."""
+    try:
+        rule = DegenerateRule(rule)
+    except ValueError:
+        names = ", ".join(r.value for r in DegenerateRule)
+        raise DnrtError(f"unknown degenerate-statistics rule {rule!r} (expected one of {names})") from None
+    if not (isinstance(ratio, int | float) and math.isfinite(ratio) and 0 < ratio <= 1):
+        raise DnrtError(f"degenerate ratio must be a number in (0, 1], got {ratio!r}")
+    return rule
 
 
 # --------------------------------------------------------------------------- TIN thumbnail

@@ -37,7 +37,7 @@ from dnrt.runtime.backends.base import Backend
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
-from dnrt.semantics import STD_FLOOR_DEFAULT, Mode
+from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, STD_FLOOR_DEFAULT, Mode
 
 __all__ = ["Cancelled", "ProgressCallback", "TranslateReport", "Translator", "translate"]
 
@@ -71,6 +71,10 @@ class TranslateReport:
     #: Peak resident memory of the whole process so far (getrusage), in MiB.
     peak_rss_mb: float = 0.0
     overlap: bool = False
+    margin_source: str = "image"
+    #: DN's degenerate-statistics rule and ratio (None for the modes it does not apply to).
+    degenerate: str | None = None
+    degenerate_ratio: float | None = None
     input: str | None = None
     output: str | None = None
 
@@ -191,6 +195,11 @@ class Translator:
     ``progress`` shows a tqdm bar (None: on a terminal); ``on_progress(done, total)`` is called
     on the caller's thread as tile runs complete, and returning False cancels the run
     (:class:`Cancelled`); it can be changed between runs through the attribute.
+
+    ``margin_source`` is ``"image"`` (default: each tile's margin is the real neighbouring
+    pixels) or ``"tile"`` (the reference's self-reflection, for exact parity with the published
+    pipeline). ``degenerate`` is DN's rule for (near-)degenerate statistics, ``"reference"``
+    being the published arithmetic plus the std floor (docs/semantics.md section 8).
     """
 
     def __init__(
@@ -206,7 +215,9 @@ class Translator:
         kin_kernel: int = 5,
         kin_kernel_type: str = "constant",
         std_floor: float = STD_FLOOR_DEFAULT,
-        margin_source: str = "tile",
+        degenerate: str = DEGENERATE_DEFAULT.value,
+        degenerate_ratio: float = DEGENERATE_RATIO_DEFAULT,
+        margin_source: str = "image",
         overlap: bool | None = None,
         threads: int | None = None,
         progress: bool | None = False,
@@ -227,6 +238,8 @@ class Translator:
             schedule=schedule,
             batch=batch if batch is not None else 1,
             std_floor=std_floor,
+            degenerate=degenerate,
+            degenerate_ratio=degenerate_ratio,
             kin_kernel=kin_kernel,
             kin_kernel_type=kin_kernel_type,
             overlap=overlap,
@@ -338,6 +351,9 @@ class Translator:
             megapixels_per_s=round(source.height * source.width / 1e6 / total, 3) if total > 0 else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
             overlap=scheduler.overlap,
+            margin_source=self.margin_source,
+            degenerate=self.options.degenerate.value if self.options.mode is Mode.DN else None,
+            degenerate_ratio=self.options.degenerate_ratio if self.options.mode is Mode.DN else None,
             **report_extra,
         )
         self.last_report = report
@@ -426,8 +442,9 @@ def translate(
 ) -> TranslateReport:
     """Translate the image file ``input`` into ``output`` (tiled BigTIFF, or PNG/JPEG) with a bundle.
 
-    ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, batch,
-    kin_kernel, kin_kernel_type, std_floor, overlap, threads, progress, on_progress). Checks run cheapest
+    ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, margin_source,
+    batch, kin_kernel, kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads,
+    progress, backend_options, on_progress). Checks run cheapest
     first: the output path, then the input image, then the bundle, then the backend loads.
     """
     from dnrt.runtime.io import check_output_path, open_image

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from dnrt.errors import DnrtError
-from dnrt.semantics import STD_FLOOR_DEFAULT
+from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, STD_FLOOR_DEFAULT, DegenerateRule
 
 MODES = ("in", "tin", "kin", "dn")
 SCHEDULES = ("streaming", "two-pass")
@@ -116,11 +116,11 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
 @click.option("--margin", type=int, help="Margin around each tile [default: the bundle's].")
 @click.option(
     "--margin-source",
-    type=click.Choice(("tile", "image"), case_sensitive=False),
-    default="tile",
+    type=click.Choice(("image", "tile"), case_sensitive=False),
+    default="image",
     show_default=True,
-    help="tile: the margin mirrors the tile itself (the DN reference's geometry); "
-    "image: the margin is the neighbouring pixels (true context, fewer convolution seams).",
+    help="image: the margin is the neighbouring pixels (true context, no convolution seams); "
+    "tile: the margin mirrors the tile itself (the DN reference's geometry, for parity).",
 )
 @click.option(
     "--batch",
@@ -143,6 +143,21 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     default=STD_FLOOR_DEFAULT,
     show_default="sqrt(1e-5)",
     help="Lower bound of every KIN/DN std (keeps flat regions finite).",
+)
+@click.option(
+    "--degenerate",
+    type=click.Choice([r.value for r in DegenerateRule], case_sensitive=False),
+    default=DEGENERATE_DEFAULT.value,
+    show_default=True,
+    help="DN's rule for near-degenerate statistics (flat glass, saturation); "
+    "reference: the published arithmetic plus the floor.",
+)
+@click.option(
+    "--degenerate-ratio",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=DEGENERATE_RATIO_DEFAULT,
+    show_default=True,
+    help="The std ratio below which the --degenerate rule acts.",
 )
 @click.option(
     "--threads",
@@ -187,6 +202,8 @@ def translate_command(
     kin_kernel: int,
     kin_kernel_type: str,
     std_floor: float,
+    degenerate: str,
+    degenerate_ratio: float,
     threads: int | None,
     overlap: bool | None,
     precision: str,
@@ -220,6 +237,8 @@ def translate_command(
             kin_kernel=kin_kernel,
             kin_kernel_type=kin_kernel_type.lower(),
             std_floor=std_floor,
+            degenerate=degenerate.lower(),
+            degenerate_ratio=degenerate_ratio,
             threads=threads,
             overlap=overlap,
             backend_options=_backend_options(precision.lower(), device_index),

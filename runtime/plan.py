@@ -45,7 +45,7 @@ class TilePlan:
     tile: int
     margin: int
     #: "tile": the margin mirrors the tile itself (reference); "image": the neighbouring pixels.
-    margin_source: str = "tile"
+    margin_source: str = "image"
     rows: int = field(init=False)
     cols: int = field(init=False)
     #: Slice runs of each tile row's / column's gather, computed once (see ``_runs``).
@@ -62,7 +62,7 @@ class TilePlan:
 
     @classmethod
     def create(
-        cls, height: int, width: int, tile: int, margin: int, strides: list[int], margin_source: str = "tile"
+        cls, height: int, width: int, tile: int, margin: int, strides: list[int], margin_source: str = "image"
     ) -> TilePlan:
         """A plan for an image, after checking that every norm layer's map is even."""
         check_map_sizes(tile, margin, strides)

@@ -39,8 +39,12 @@ from dnrt.runtime.pixels import network_output_to_uint8, paste_planar
 from dnrt.runtime.plan import RowBand, TilePlan
 from dnrt.runtime.tables import AreaThumbnail, DenseStats, GlobalStats, KernelStats, NeighbourhoodSource
 from dnrt.semantics import (
+    DEGENERATE_DEFAULT,
+    DEGENERATE_RATIO_DEFAULT,
     STD_FLOOR_DEFAULT,
+    DegenerateRule,
     Mode,
+    check_degenerate,
     check_map_sizes,
     collect_flavour,
     kin_kernel,
@@ -99,6 +103,9 @@ class ScheduleOptions:
     schedule: str = "streaming"
     batch: int = 4
     std_floor: float = STD_FLOOR_DEFAULT
+    #: DN's rule for (near-)degenerate neighbourhood statistics and its ratio (section 8).
+    degenerate: DegenerateRule | str = DEGENERATE_DEFAULT
+    degenerate_ratio: float = DEGENERATE_RATIO_DEFAULT
     kin_kernel: int = 5
     kin_kernel_type: str = "constant"
     #: Run the collect stage in its own thread beside inference (streaming only).
@@ -113,6 +120,7 @@ class ScheduleOptions:
             raise DnrtError(f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})")
         if self.batch < 1:
             raise DnrtError(f"batch must be at least 1, got {self.batch}")
+        object.__setattr__(self, "degenerate", check_degenerate(self.degenerate, self.degenerate_ratio))
 
 
 def resolve_overlap(options: ScheduleOptions, backend: Backend) -> bool:
@@ -227,7 +235,15 @@ class Scheduler:
         channels = self.manifest.total_channels
         ahead = self._rows_collected_ahead()
         if mode is Mode.DN:
-            self.stats = DenseStats(plan.rows, plan.cols, channels, options.std_floor, ahead)
+            self.stats = DenseStats(
+                plan.rows,
+                plan.cols,
+                channels,
+                options.std_floor,
+                ahead,
+                options.degenerate,
+                options.degenerate_ratio,
+            )
         elif mode is Mode.KIN:
             kernel = kin_kernel(options.kin_kernel, options.kin_kernel_type)
             self.stats = KernelStats(plan.rows, plan.cols, channels, kernel, options.std_floor, ahead)
@@ -356,7 +372,13 @@ class Scheduler:
             paste_planar(out[:, x0:x1], planar[i, :, :h, : x1 - x0])
 
     def _thumbnail_stats(self) -> GlobalStats:
-        """TIN: area-downscale the image to ``T x T`` while streaming it, then collect its statistics.
+        """TIN: every tile normalized with the thumbnail's statistics."""
+        mean, std = self._thumbnail_moments()
+        return GlobalStats(mean, std)
+
+    def _thumbnail_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Area-downscale the image to ``T x T`` while streaming it, then collect its statistics
+        (``[L]`` mean and std): TIN's statistics, and the slide-level ones of DN's ``slide`` rule.
 
         The thumbnail is the whole image, so it gets no margin (a reflect margin
         would only add mirrored copies of its own border to the statistics);
@@ -367,7 +389,7 @@ class Scheduler:
             check_map_sizes(t, 0, self.manifest.strides)
         except DnrtError:
             raise DnrtError(
-                f"TIN runs the network on a {t} x {t} thumbnail: the tile must be a multiple of "
+                f"TIN and DN's 'slide' rule run the network on a {t} x {t} thumbnail: the tile must be a multiple of "
                 f"{self.manifest.input_multiple} for this model"
             ) from None
         thumb = AreaThumbnail(self.plan.height, self.plan.width, self.manifest.in_channels, t)
@@ -383,7 +405,7 @@ class Scheduler:
         _, mean, std = self._timed(
             "thumbnail", self.backend.collect, np.ascontiguousarray(tiles), self.flavour, image=False
         )
-        return GlobalStats(mean[0], std[0])
+        return mean[0], std[0]
 
     # -- schedules ---------------------------------------------------------------------
     def run(self, source: Source, sink: Sink) -> PhaseTimes:
@@ -395,11 +417,26 @@ class Scheduler:
             raise DnrtError("tile plan and image size disagree (internal error)")
         self.source = source
         mode = self.options.mode
+        if isinstance(self.stats, DenseStats) and self.stats.needs_slide_statistics:
+            # Both schedules compute the same thumbnail first, so they stay bit-identical.
+            self.stats.slide = self._thumbnail_moments()
         if mode is Mode.IN:
             self._single_pass(sink, collect=True)
         elif mode is Mode.TIN:
             self.stats = self._thumbnail_stats()
             self._single_pass(sink, collect=False)
+        elif self.options.schedule == "two-pass":
+            self._two_pass(sink)
+        elif self.overlap:
+            self._streaming_overlapped(sink)
+        else:
+            self._streaming(sink)
+        return self.times
+        if isinstance(self.stats, DenseStats) and self.stats.needs_slide_statistics:
+            # Both schedules compute the same thumbnail first, so they stay bit-identical.
+            self.stats.slide = self._thumbnail_moments()
+        if mode is Mode.IN:
+            pass
         elif self.options.schedule == "two-pass":
             self._two_pass(sink)
         elif self.overlap:

@@ -24,8 +24,12 @@ import abc
 import numpy as np
 
 from dnrt.semantics import (
+    DEGENERATE_DEFAULT,
+    DEGENERATE_RATIO_DEFAULT,
     STD_FLOOR_DEFAULT,
+    DegenerateRule,
     area_weights,
+    condition_neighbourhood,
     constant_neighbourhood,
     kin_smooth,
     std_for_dense_op,
@@ -143,7 +147,9 @@ class NeighbourhoodSource(abc.ABC):
 
 
 class DenseStats(NeighbourhoodSource):
-    """DN: the 3x3 neighbourhood of tile statistics, std floored (sections 4 and 8)."""
+    """DN: the 3x3 neighbourhood of tile statistics, conditioned by the degenerate-statistics
+    rule (sections 4 and 8). The rule looks only at the nine entries it is given, so streaming
+    and two-pass, which gather the same entries, condition them identically."""
 
     lookahead = 1
 
@@ -154,9 +160,19 @@ class DenseStats(NeighbourhoodSource):
         channels: int,
         std_floor: float = STD_FLOOR_DEFAULT,
         ahead: int | None = None,
+        degenerate: DegenerateRule | str = DEGENERATE_DEFAULT,
+        degenerate_ratio: float = DEGENERATE_RATIO_DEFAULT,
     ) -> None:
         self.tables = self._tables(rows, cols, channels, ahead)
         self.std_floor = np.float32(std_floor)
+        self.degenerate = DegenerateRule(degenerate)
+        self.degenerate_ratio = float(degenerate_ratio)
+        #: Slide-level (mean, std) ``[L]`` float32 for the ``slide`` rule (set by the scheduler).
+        self.slide: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def needs_slide_statistics(self) -> bool:
+        return self.degenerate is DegenerateRule.SLIDE
 
     def record(self, row: int, cols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
         self.tables.put(row, cols, mean, std)
@@ -170,10 +186,13 @@ class DenseStats(NeighbourhoodSource):
         t.require(near_rows, near_cols)
         slots = t.slots(near_rows)
         nbr_mean = gather_neighbourhoods(t.mean, row, cols, slots)
-        # The floor is exact in float32: max() of float32 values with the float32-rounded floor
-        # equals rounding the float64 max() of the reference (rounding is monotonic).
-        nbr_std = np.maximum(gather_neighbourhoods(t.std, row, cols, slots), self.std_floor)
-        return nbr_mean, nbr_std
+        nbr_std = gather_neighbourhoods(t.std, row, cols, slots)
+        # float32 throughout: the floor is exact (max() of float32 values with the float32-rounded
+        # floor equals rounding the float64 max(), rounding being monotonic).
+        mean, std = condition_neighbourhood(
+            nbr_mean, nbr_std, self.degenerate, self.std_floor, self.degenerate_ratio, self.slide
+        )
+        return np.ascontiguousarray(mean, np.float32), np.ascontiguousarray(std, np.float32)
 
 
 class KernelStats(NeighbourhoodSource):

@@ -17,7 +17,9 @@ from dnrt.runtime.tables import (
     gather_neighbourhoods,
 )
 from dnrt.semantics import (
+    STD_FLOOR_DEFAULT,
     area_resize,
+    condition_neighbourhood,
     constant_neighbourhood,
     gather_neighbourhood,
     kin_kernel,
@@ -50,7 +52,7 @@ def _band(plan: TilePlan, image: np.ndarray, row: int) -> RowBand:
 def test_network_input_matches_reference_padding(h: int, w: int, tile: int, margin: int) -> None:
     rng = np.random.default_rng(h * 100 + w)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    plan = TilePlan(h, w, tile, margin)
+    plan = TilePlan(h, w, tile, margin, "tile")
     assert (plan.rows, plan.cols) == (-(-h // tile), -(-w // tile))
     for r in range(plan.rows):
         band = _band(plan, image, r)
@@ -113,7 +115,7 @@ def test_gather_matches_reference_with_non_finite_entries(rows: int, cols: int) 
 
 
 def test_dense_stats_floor_and_invariant() -> None:
-    stats = DenseStats(3, 4, 2, std_floor=0.5)
+    stats = DenseStats(3, 4, 2, std_floor=0.5, degenerate="reference")
     mean, std = _random_table(3, 4, 2, 1), _random_table(3, 4, 2, 2)
     std[1, 1] = 0.0  # a flat tile
     stats.record(0, np.arange(4), mean[0], std[0])
@@ -255,10 +257,44 @@ def test_image_margin_source_uses_the_neighbouring_pixels() -> None:
     cols = reflect_index(np.arange(44, 68), 56)
     np.testing.assert_array_equal(x[1], to_network(image[12:36][:, cols]).transpose(2, 0, 1))
     # The reference geometry mirrors the tile itself instead.
-    reference = TilePlan(40, 56, 16, 4)
+    reference = TilePlan(40, 56, 16, 4, margin_source="tile")
     y0, y1 = reference.band_extent(1)
     ref = reference.network_input(RowBand(1, y0, y1, image[y0:y1]), np.array([1]))
     own = np.pad(image[16:32, 16:32], ((4, 4), (4, 4), (0, 0)), mode="reflect")
     np.testing.assert_array_equal(ref[0], to_network(own).transpose(2, 0, 1))
     with pytest.raises(DnrtError, match="margin source"):
         TilePlan(40, 56, 16, 4, margin_source="zeros")
+    # dnrt's default is the true context.
+    assert TilePlan(40, 56, 16, 4).margin_source == "image"
+
+
+@pytest.mark.parametrize("rule", ["reference", "relative-floor", "zero", "isolate"])
+def test_dense_stats_apply_the_degenerate_rule_like_the_reference(rule: str) -> None:
+    """float32 tables take the same decisions as the float64 reference on the same entries."""
+    rows, cols = 3, 5
+    mean, std = _random_table(rows, cols, 4, 5), _random_table(rows, cols, 4, 6)
+    std[1, 2] = 1e-4  # a flat tile in the middle: every rule but the reference acts on it
+    std[0, 4, 1] = 0.0
+    stats = DenseStats(rows, cols, 4, degenerate=rule, degenerate_ratio=0.3)
+    for r in range(rows):
+        stats.record(r, np.arange(cols), mean[r], std[r])
+    for r in range(rows):
+        got_mean, got_std = stats.neighbourhoods(r, np.arange(cols))
+        for q in range(cols):
+            exp_mean, exp_std = condition_neighbourhood(
+                gather_neighbourhood(mean, r, q).astype(np.float32),
+                gather_neighbourhood(std, r, q).astype(np.float32),
+                rule,
+                STD_FLOOR_DEFAULT,
+                0.3,
+            )
+            np.testing.assert_array_equal(got_mean[q], exp_mean)
+            np.testing.assert_array_equal(got_std[q], exp_std)
+    # The flat tile's neighbourhood: every rule but the reference changes it.
+    reference = DenseStats(rows, cols, 4, degenerate="reference")
+    for r in range(rows):
+        reference.record(r, np.arange(cols), mean[r], std[r])
+    same = np.array_equal(
+        stats.neighbourhoods(1, np.array([2]))[1], reference.neighbourhoods(1, np.array([2]))[1]
+    )
+    assert same == (rule == "reference")

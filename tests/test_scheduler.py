@@ -23,14 +23,18 @@ from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.scheduler import ScheduleOptions, Scheduler
 from dnrt.runtime.tables import DenseStats, StatisticsReadBeforeWritten
 from dnrt.semantics import (
+    DEGENERATE_DEFAULT,
+    DEGENERATE_RATIO_DEFAULT,
     STD_FLOOR_DEFAULT,
     area_resize,
     collect_flavour,
+    condition_neighbourhood,
     constant_neighbourhood,
     from_network,
     gather_neighbourhood,
     kin_kernel,
     kin_smooth,
+    reflect_index,
     std_for_dense_op,
     to_network,
 )
@@ -92,15 +96,26 @@ def reference_translate(
     std_floor: float = STD_FLOOR_DEFAULT,
     k: int = 5,
     kernel_type: str = "constant",
+    margin_source: str = "image",
+    degenerate: str = DEGENERATE_DEFAULT.value,
+    degenerate_ratio: float = DEGENERATE_RATIO_DEFAULT,
 ) -> np.ndarray:
     """dn-semantics.md sections 1-4 and 8, one tile at a time, no cleverness."""
     h, w = image.shape[:2]
     rows, cols = -(-h // tile), -(-w // tile)
     padded = np.pad(image, ((0, rows * tile - h), (0, cols * tile - w), (0, 0)), mode="reflect")
+    # True context: the image mirrored only at its own border, then windows of T + 2M.
+    ry = reflect_index(np.arange(-margin, rows * tile + margin), h)
+    rx = reflect_index(np.arange(-margin, cols * tile + margin), w)
+    context = image[ry][:, rx]
 
     def net_input(r: int, q: int) -> np.ndarray:
-        t = padded[r * tile : (r + 1) * tile, q * tile : (q + 1) * tile]
-        t = np.pad(t, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
+        if margin_source == "image":
+            s = tile + 2 * margin
+            t = context[r * tile : r * tile + s, q * tile : q * tile + s]
+        else:
+            t = padded[r * tile : (r + 1) * tile, q * tile : (q + 1) * tile]
+            t = np.pad(t, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
         return to_network(t).transpose(2, 0, 1)[None]
 
     out = np.zeros((rows * tile, cols * tile, 3), np.uint8)
@@ -148,8 +163,14 @@ def reference_translate(
         else:
             for r in range(rows):
                 for q in range(cols):
-                    nbr_std = np.maximum(gather_neighbourhood(stds, r, q), std_floor)
-                    dense(r, q, gather_neighbourhood(means, r, q), nbr_std)
+                    nbr_mean, nbr_std = condition_neighbourhood(
+                        gather_neighbourhood(means, r, q),
+                        gather_neighbourhood(stds, r, q),
+                        degenerate,
+                        std_floor,
+                        degenerate_ratio,
+                    )
+                    dense(r, q, nbr_mean, nbr_std)
     return out[:h, :w]
 
 

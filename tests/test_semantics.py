@@ -268,3 +268,79 @@ def test_map_size_check() -> None:
         S.check_map_sizes(512, 13, [1, 2, 4])
     with pytest.raises(DnrtError, match="margin"):
         S.check_map_sizes(64, 64, [1])
+
+
+# --------------------------------------------------------------------------- degenerate statistics
+
+
+def _nbr(values: list[list[float]]) -> np.ndarray:
+    return np.asarray(values, np.float64)[None]  # [C=1, 3, 3]
+
+
+GLASS_NEXT_TO_TISSUE = _nbr([[0.4, 0.4, 0.4], [0.5, 0.4, 0.001], [0.4, 0.6, 0.4]])
+
+
+def test_reference_rule_only_floors() -> None:
+    mean = np.zeros((1, 3, 3))
+    _, std = S.condition_neighbourhood(mean, GLASS_NEXT_TO_TISSUE, "reference", floor=0.01)
+    expected = GLASS_NEXT_TO_TISSUE.copy()
+    expected[0, 1, 2] = 0.01
+    np.testing.assert_array_equal(std, expected)
+
+
+def test_relative_floor_raises_small_stds_to_a_share_of_the_largest() -> None:
+    _, std = S.condition_neighbourhood(
+        np.zeros((1, 3, 3)), GLASS_NEXT_TO_TISSUE, "relative-floor", 0.01, 0.25
+    )
+    expected = np.maximum(GLASS_NEXT_TO_TISSUE, 0.25 * 0.6)
+    np.testing.assert_array_equal(std, expected)
+
+
+def test_zero_rule_gives_degenerate_entries_a_zero_reciprocal() -> None:
+    _, std = S.condition_neighbourhood(np.zeros((1, 3, 3)), GLASS_NEXT_TO_TISSUE, "zero", 0.01, 0.25)
+    assert np.isinf(std[0, 1, 2]) and np.isfinite(np.delete(std.ravel(), 5)).all()
+    # The op then gives that entry no weight in the reciprocal: 1 / (inf + eps) == 0.
+    rinv = S.interpolate(1.0 / (std + S.DN_EPS), 4, 4)
+    assert np.isfinite(rinv).all() and rinv.max() < 1 / 0.4 + 1e-6
+
+
+def test_isolate_rule_replaces_entries_far_from_the_centre_by_the_centre() -> None:
+    mean = _nbr([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    m, s = S.condition_neighbourhood(mean, GLASS_NEXT_TO_TISSUE, "isolate", 0.01, 0.25)
+    # Only the glass neighbour (0.01 after the floor vs the centre's 0.4) is apart.
+    assert s[0, 1, 2] == 0.4 and m[0, 1, 2] == 5
+    np.testing.assert_array_equal(np.delete(s.ravel(), 5), np.delete(GLASS_NEXT_TO_TISSUE.ravel(), 5))
+    # Seen from a glass tile, every tissue neighbour is apart (it keeps its own statistics there)
+    # while a glass neighbour is not.
+    glass = _nbr([[0.4, 0.4, 0.4], [0.5, 0.001, 0.4], [0.001, 0.6, 0.4]])
+    m, s = S.condition_neighbourhood(mean, glass, "isolate", 0.01, 0.25)
+    np.testing.assert_array_equal(s, np.full((1, 3, 3), 0.01))
+    expected = np.full((1, 3, 3), 5.0)
+    expected[0, 2, 0] = 7
+    np.testing.assert_array_equal(m, expected)
+
+
+def test_rules_leave_ordinary_neighbourhoods_alone() -> None:
+    """Texture everywhere (stds within a factor 2): every rule equals the reference."""
+    std = RNG.uniform(0.3, 0.6, (6, 3, 3))
+    mean = RNG.normal(size=(6, 3, 3))
+    for rule in S.DegenerateRule:
+        m, s = S.condition_neighbourhood(mean, std, rule, S.STD_FLOOR_DEFAULT, 0.25)
+        np.testing.assert_array_equal(m, mean)
+        np.testing.assert_array_equal(s, std)
+
+
+def test_rules_keep_the_dtype() -> None:
+    std = GLASS_NEXT_TO_TISSUE.astype(np.float32)
+    for rule in S.DegenerateRule:
+        m, s = S.condition_neighbourhood(np.zeros_like(std), std, rule)
+        assert m.dtype == np.float32 and s.dtype == np.float32
+
+
+def test_check_degenerate_rejects_unknown_rules_and_ratios() -> None:
+    assert S.check_degenerate("zero", 0.5) is S.DegenerateRule.ZERO
+    with pytest.raises(DnrtError, match="unknown degenerate-statistics rule 'median'"):
+        S.check_degenerate("median", 0.5)
+    for bad in (0, -0.1, 1.5, float("nan"), "x"):
+        with pytest.raises(DnrtError, match="degenerate ratio"):
+            S.check_degenerate("zero", bad)  # type: ignore[arg-type]

@@ -122,11 +122,23 @@ typedef enum dnrt_schedule {
 
 /** Where a tile's margin comes from. */
 typedef enum dnrt_margin_source {
-    /** The margin mirrors the tile itself (the DN reference's geometry; the default). */
+    /** The margin mirrors the tile itself (the DN reference's geometry, for exact parity). */
     DNRT_MARGIN_SOURCE_TILE = 1,
-    /** The margin is the neighbouring pixels of the image (true context, fewer seams). */
+    /** The margin is the neighbouring pixels of the image (true context, no seams; the default). */
     DNRT_MARGIN_SOURCE_IMAGE = 2
 } dnrt_margin_source;
+
+/** DN's rule for near-degenerate statistics (flat glass, saturation); see docs/semantics.md. */
+typedef enum dnrt_degenerate_rule {
+    /** dnrt's default rule (what trt-translate uses without --degenerate). */
+    DNRT_DEGENERATE_DEFAULT = 0,
+    /** The published arithmetic plus the std floor (compatibility). */
+    DNRT_DEGENERATE_REFERENCE = 1,
+    DNRT_DEGENERATE_RELATIVE_FLOOR = 2,
+    DNRT_DEGENERATE_ZERO = 3,
+    DNRT_DEGENERATE_ISOLATE = 4,
+    DNRT_DEGENERATE_SLIDE = 5
+} dnrt_degenerate_rule;
 
 /** KIN's smoothing window shape. */
 typedef enum dnrt_kin_kernel_type {
@@ -167,7 +179,7 @@ typedef struct dnrt_options {
     int32_t tile;
     /** Margin around each tile; -1 (default): the bundle's. */
     int32_t margin;
-    /** A dnrt_margin_source; default DNRT_MARGIN_SOURCE_TILE. */
+    /** A dnrt_margin_source; default DNRT_MARGIN_SOURCE_IMAGE. */
     int32_t margin_source;
     /** Tiles per backend call; 0 (default): the backend's choice (1 on the CPU, 4 on a GPU). */
     int32_t batch;
@@ -187,6 +199,11 @@ typedef struct dnrt_options {
     dnrt_progress_fn progress;
     /** Passed to `progress` as is; the library never dereferences it. */
     void* progress_user;
+    /* Fields below were added in 0.2; a struct of the 0.1 size (without them) is still accepted. */
+    /** A dnrt_degenerate_rule; default DNRT_DEGENERATE_DEFAULT. */
+    int32_t degenerate;
+    /** The std ratio below which the rule acts, in (0, 1]; 0 (default): dnrt's. */
+    double degenerate_ratio;
 } dnrt_options;
 
 /** How dnrt_translate_file writes its output. Fill with dnrt_write_options_init first. */

@@ -9,6 +9,7 @@
 #include <Python.h> /* first, as Python.h asks */
 
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -98,7 +99,7 @@ uint32_t dnrt_version_number(void) { return (uint32_t)DNRT_VERSION_NUMBER; }
 
 static dnrt_status check_struct_size(const char* what, size_t size, size_t known, const void* caller) {
     if (size < known || size > DNRT_MAX_STRUCT_SIZE) {
-        /* Only one layout exists so far; older layouts would be accepted here. */
+        /* Older layouts are accepted by the callers (see DNRT_OPTIONS_0_1_SIZE) before this check. */
         return fail(DNRT_ERR_INVALID_ARGUMENT,
                     "%s->size is %zu, expected %zu: fill the struct with %s_init() before setting fields",
                     what, size, known, what);
@@ -131,7 +132,7 @@ dnrt_status dnrt_options_init_sized(dnrt_options* options, size_t size) {
     options->schedule = DNRT_SCHEDULE_STREAMING;
     options->tile = 0;
     options->margin = -1;
-    options->margin_source = DNRT_MARGIN_SOURCE_TILE;
+    options->margin_source = DNRT_MARGIN_SOURCE_IMAGE;
     options->batch = 0;
     options->threads = 0;
     options->device_index = -1;
@@ -141,6 +142,8 @@ dnrt_status dnrt_options_init_sized(dnrt_options* options, size_t size) {
     options->std_floor = DNRT_STD_FLOOR_DEFAULT;
     options->progress = NULL;
     options->progress_user = NULL;
+    options->degenerate = DNRT_DEGENERATE_DEFAULT;
+    options->degenerate_ratio = 0.0;
     return DNRT_OK;
 }
 
@@ -161,13 +164,21 @@ dnrt_status dnrt_write_options_init_sized(dnrt_write_options* options, size_t si
     return DNRT_OK;
 }
 
+/* dnrt_options as libdnrt 0.1 knew it: everything before `degenerate`. */
+#define DNRT_OPTIONS_0_1_SIZE offsetof(dnrt_options, degenerate)
+
 /* The caller's options (NULL: defaults) as a complete struct of this library's layout. */
 static dnrt_status read_options(const dnrt_options* given, dnrt_options* options) {
     dnrt_status status = dnrt_options_init_sized(options, sizeof *options);
     if (status != DNRT_OK || given == NULL) return status;
-    status = check_struct_size("dnrt_options", given->size, sizeof *options, given);
-    if (status != DNRT_OK) return status;
-    memcpy(options, given, sizeof *options);
+    if (given->size == DNRT_OPTIONS_0_1_SIZE) {
+        /* A caller built against the 0.1 header: its fields, and defaults for the newer ones. */
+        memcpy(options, given, DNRT_OPTIONS_0_1_SIZE);
+    } else {
+        status = check_struct_size("dnrt_options", given->size, sizeof *options, given);
+        if (status != DNRT_OK) return status;
+        memcpy(options, given, sizeof *options);
+    }
     options->size = sizeof *options;
 
     if (options->mode < DNRT_MODE_IN || options->mode > DNRT_MODE_DN) {
@@ -217,6 +228,17 @@ static dnrt_status read_options(const dnrt_options* given, dnrt_options* options
         return fail(DNRT_ERR_INVALID_ARGUMENT,
                     "options.kin_kernel_type is %d; expected DNRT_KIN_KERNEL_CONSTANT or DNRT_KIN_KERNEL_GAUSSIAN",
                     (int)options->kin_kernel_type);
+    }
+    if (options->degenerate < DNRT_DEGENERATE_DEFAULT || options->degenerate > DNRT_DEGENERATE_SLIDE) {
+        return fail(DNRT_ERR_INVALID_ARGUMENT,
+                    "options.degenerate is %d; expected a dnrt_degenerate_rule (DNRT_DEGENERATE_DEFAULT to "
+                    "DNRT_DEGENERATE_SLIDE)",
+                    (int)options->degenerate);
+    }
+    if (!isfinite(options->degenerate_ratio) || options->degenerate_ratio < 0.0 || options->degenerate_ratio > 1.0) {
+        return fail(DNRT_ERR_INVALID_ARGUMENT,
+                    "options.degenerate_ratio is %g; expected 0 (dnrt's default) or a ratio in (0, 1]",
+                    options->degenerate_ratio);
     }
     if (!isfinite(options->std_floor) || options->std_floor < 0.0) {
         return fail(DNRT_ERR_INVALID_ARGUMENT, "options.std_floor is %g; expected a finite number >= 0",

@@ -37,6 +37,13 @@ MODES = {lib.DNRT_MODE_IN: "in", lib.DNRT_MODE_TIN: "tin", lib.DNRT_MODE_KIN: "k
 SCHEDULES = {lib.DNRT_SCHEDULE_STREAMING: "streaming", lib.DNRT_SCHEDULE_TWO_PASS: "two-pass"}
 MARGIN_SOURCES = {lib.DNRT_MARGIN_SOURCE_TILE: "tile", lib.DNRT_MARGIN_SOURCE_IMAGE: "image"}
 KERNEL_TYPES = {lib.DNRT_KIN_KERNEL_CONSTANT: "constant", lib.DNRT_KIN_KERNEL_GAUSSIAN: "gaussian"}
+DEGENERATE_RULES = {
+    lib.DNRT_DEGENERATE_REFERENCE: "reference",
+    lib.DNRT_DEGENERATE_RELATIVE_FLOOR: "relative-floor",
+    lib.DNRT_DEGENERATE_ZERO: "zero",
+    lib.DNRT_DEGENERATE_ISOLATE: "isolate",
+    lib.DNRT_DEGENERATE_SLIDE: "slide",
+}
 
 #: The command line's wording, said the way a C caller sets it.
 _REWORDED = (
@@ -209,7 +216,7 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
     from dnrt.runtime.backends import BACKEND_NAMES, resolve_backend_name
     from dnrt.runtime.plan import TilePlan
     from dnrt.runtime.scheduler import ScheduleOptions
-    from dnrt.semantics import Mode, kin_kernel
+    from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, Mode, kin_kernel
 
     path = _path(path_pointer)
     backend = _text(options.backend, "options.backend") or "auto"
@@ -218,6 +225,8 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
     schedule = SCHEDULES[options.schedule]
     kernel_type = KERNEL_TYPES[options.kin_kernel_type]
     margin_source = MARGIN_SOURCES[options.margin_source]
+    degenerate = DEGENERATE_RULES.get(options.degenerate, DEGENERATE_DEFAULT.value)
+    degenerate_ratio = float(options.degenerate_ratio) or DEGENERATE_RATIO_DEFAULT
     if backend not in BACKEND_NAMES:
         raise _Failure(
             INVALID_ARGUMENT, f"unknown backend {backend!r} (expected one of {', '.join(BACKEND_NAMES)})"
@@ -234,7 +243,12 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
     margin = int(options.margin) if options.margin >= 0 else int(manifest.margin)
     with _step(INVALID_ARGUMENT):  # the same checks Translator makes, before any backend loads
         ScheduleOptions(
-            mode=Mode(mode), schedule=schedule, batch=max(1, int(options.batch)), std_floor=options.std_floor
+            mode=Mode(mode),
+            schedule=schedule,
+            batch=max(1, int(options.batch)),
+            std_floor=options.std_floor,
+            degenerate=degenerate,
+            degenerate_ratio=degenerate_ratio,
         )
         TilePlan.create(tile, tile, tile, margin, manifest.strides, margin_source)
         if mode == "kin":
@@ -253,6 +267,8 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
             kin_kernel=int(options.kin_kernel),
             kin_kernel_type=kernel_type,
             std_floor=float(options.std_floor),
+            degenerate=degenerate,
+            degenerate_ratio=degenerate_ratio,
             overlap=None if options.overlap < 0 else bool(options.overlap),
             threads=int(options.threads) or None,
             progress=False,

@@ -13,6 +13,7 @@
  */
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,6 +171,12 @@ static int run_errors(char** argv) {
     options.margin_source = 3;
     report("open_bad_margin_source", dnrt_model_open(bundle, &options, &model));
     dnrt_options_init(&options);
+    options.degenerate = 9;
+    report("open_bad_degenerate", dnrt_model_open(bundle, &options, &model));
+    dnrt_options_init(&options);
+    options.degenerate_ratio = 1.5;
+    report("open_bad_degenerate_ratio", dnrt_model_open(bundle, &options, &model));
+    dnrt_options_init(&options);
     options.kin_kernel = 4;
     report("open_even_kernel", dnrt_model_open(bundle, &options, &model));
     dnrt_options_init(&options);
@@ -207,6 +214,17 @@ static int run_errors(char** argv) {
         model = NULL;
         newer.newer_field = 7;
         report("open_newer_set", dnrt_model_open(bundle, &newer.options, &model));
+    }
+    {
+        /* A caller built against the 0.1 header: its struct ends before `degenerate`. */
+        dnrt_options older;
+        dnrt_options_init(&older);
+        older.backend = "ort";
+        older.size = offsetof(dnrt_options, degenerate);
+        older.degenerate = 77; /* beyond the caller's struct: must be ignored */
+        report("open_size_0_1", dnrt_model_open(bundle, &older, &model));
+        dnrt_model_close(model);
+        model = NULL;
     }
 
     dnrt_status status = open_ort(bundle, &model);

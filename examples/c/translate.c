@@ -22,7 +22,8 @@ static const char* const USAGE =
     "  --backend NAME                 auto (default), ort, ort-cuda, torch, torch-cuda, trt\n"
     "  --schedule streaming|two-pass  tile order (default streaming)\n"
     "  --tile N, --margin N           default: the bundle's\n"
-    "  --margin-source tile|image     the margin mirrors the tile (default) or is its neighbours\n"
+    "  --margin-source image|tile     the margin is the neighbouring pixels (default) or mirrors the tile\n"
+    "  --degenerate RULE              reference, relative-floor, zero, isolate, slide (default: dnrt's)\n"
     "  --batch N                      tiles per backend call (default: the backend's)\n"
     "  --threads N                    CPU threads for the model (default: all cores)\n"
     "  --kin-kernel K                 KIN window in tiles (odd, default 5)\n"
@@ -102,6 +103,13 @@ int main(int argc, char** argv) {
                 if (strcmp(value, "tile") == 0) options.margin_source = DNRT_MARGIN_SOURCE_TILE;
                 else if (strcmp(value, "image") == 0) options.margin_source = DNRT_MARGIN_SOURCE_IMAGE;
                 else return usage_error("unknown margin source", value);
+            } else if (strcmp(arg, "--degenerate") == 0) {
+                if (strcmp(value, "reference") == 0) options.degenerate = DNRT_DEGENERATE_REFERENCE;
+                else if (strcmp(value, "relative-floor") == 0) options.degenerate = DNRT_DEGENERATE_RELATIVE_FLOOR;
+                else if (strcmp(value, "zero") == 0) options.degenerate = DNRT_DEGENERATE_ZERO;
+                else if (strcmp(value, "isolate") == 0) options.degenerate = DNRT_DEGENERATE_ISOLATE;
+                else if (strcmp(value, "slide") == 0) options.degenerate = DNRT_DEGENERATE_SLIDE;
+                else return usage_error("unknown degenerate rule", value);
             } else if (strcmp(arg, "--backend") == 0) {
                 options.backend = value; /* copied by dnrt_model_open */
             } else if (strcmp(arg, "--compression") == 0) {

@@ -1,12 +1,15 @@
 """``make demo``: the embedded model on a synthetic slide, every mode, one comparison picture.
 
-Steps (each reused when its output already exists, so a second run is quick):
+Steps (slides and the bundle are reused when they already exist):
 
-1. render a synthetic H&E slide and its IHC ground truth (tiled BigTIFF),
-2. export the shipped demo generator to a model bundle,
-3. translate the H&E slide with ``trt-translate`` in IN, TIN, KIN and DN,
-4. write ``comparison.png``: whole-slide thumbnails and close-ups at a tile corner,
-   IN vs TIN vs KIN vs DN vs ground truth, with each mode's seam score and PSNR.
+1. export the shipped demo generator to a model bundle,
+2. render a clean synthetic H&E slide and its IHC ground truth (tiled BigTIFF), translate it
+   with ``trt-translate`` in IN, TIN, KIN and DN (dnrt's defaults) and once more as the
+   published pipeline does (tile-mirrored margins, std floor only), and draw
+   ``comparison.png``: thumbnails and close-ups at a tile corner with each run's seam score,
+   PSNR and worst block colour error;
+3. the same on a scanner-like slide (sensor noise, glass white-balanced to a flat 255, JPEG
+   tiles): ``comparison-scanner.png``, its close-up where the published pipeline errs most.
 
 Run as ``python -m dnrt.demo [--size 4096] [--out demo-out]``.
 """
@@ -25,17 +28,21 @@ import numpy as np
 from dnrt.errors import DnrtError
 
 MODES = ("in", "tin", "kin", "dn")
-#: The extra run that shows the DN reference's own margin geometry (each tile mirrors itself).
-REFERENCE_RUN = "dn-tile-margin"
+#: The extra run that reproduces the published pipeline: each tile mirrors itself into its
+#: margin and degenerate statistics get only the std floor.
+REFERENCE_RUN = "dn-published"
 LABELS = {
     "in": "IN (patch-wise)",
     "tin": "TIN (thumbnail)",
     "kin": "KIN (kernelized)",
     "dn": "DN (dense)",
-    REFERENCE_RUN: "DN, reference margin",
+    REFERENCE_RUN: "DN, published pipeline",
     "truth": "ground truth IHC",
     "input": "input H&E",
 }
+#: The slides: the clean rendering, and the same tissue as a scanner delivers it (sensor
+#: noise, glass white-balanced to a flat 255, JPEG tiles), smaller to keep the demo short.
+SCANNER_SLIDE = "scanner"
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -66,12 +73,16 @@ def _crop(path: Path, y: int, x: int, size: int) -> np.ndarray:
 
 
 def _fidelity(output: Path, truth: Path, tile: int) -> dict[str, float]:
-    """Seam score and PSNR vs ground truth, with the benchmark's definitions (band by band)."""
-    from dnrt.bench.fidelity import psnr, seam_score
+    """Seam score, PSNR and block colour errors vs the ground truth, with the benchmark's
+    definitions (band by band)."""
+    from dnrt.bench.fidelity import block_colour_errors, psnr, seam_score
 
+    blocks = block_colour_errors(output, truth)
     return {
         "seam_score": round(seam_score(output, tile).score, 3),
         "psnr_db": round(psnr(output, truth), 2),
+        "worst_block_error": round(blocks.worst, 1),
+        "worst_block_yx": [blocks.worst_y, blocks.worst_x],
     }
 
 
@@ -96,11 +107,100 @@ def _comparison(panels: list[tuple[str, np.ndarray, np.ndarray]], notes: dict[st
     draw.text(
         (pad, height - 16),
         "top: whole slide; bottom: close-up centred on a corner where four tiles meet "
-        "(2x). Margins: the neighbouring pixels, except 'DN, reference margin' (each tile mirrors itself). "
-        "Seam score 1.0 = invisible.",
+        "(2x). dnrt's defaults, except 'DN, published pipeline' (each tile mirrors itself, std floor only). "
+        "Seam score 1.0 = invisible; worst: the most wrong 64 px block's colour error.",
         fill=(90, 90, 90),
     )
     canvas.save(path)
+
+
+def _translate(he: Path, target: Path, bundle: Path, mode: str, backend: str, published: bool) -> dict:
+    cmd = [sys.executable, "-m", "dnrt.runtime.cli", str(he), "-o", str(target), "--model", str(bundle)]
+    cmd += ["--mode", mode, "--backend", backend, "--overwrite", "--json", "--quiet"]
+    if published:
+        cmd += ["--margin-source", "tile", "--degenerate", "reference"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        line = (result.stderr.strip().splitlines() or ["failed"])[-1]
+        raise DnrtError(f"trt-translate --mode {mode} failed: {line}")
+    return json.loads(result.stdout)
+
+
+def _slide(
+    out: Path,
+    name: str,
+    height: int,
+    width: int,
+    seed: int,
+    bundle: Path,
+    backend: str,
+    modes: tuple[str, ...],
+    quiet: bool,
+    step: str,
+) -> dict:
+    """Render one slide, translate it in every run, measure, draw its comparison picture."""
+    from dnrt.data.synthetic import pair_stem, parse_scanner, write_pair
+
+    scanner = parse_scanner(name)
+    stem = pair_stem(seed, height, width, scanner)
+    he, ihc = out / f"{stem}_he.tif", out / f"{stem}_ihc.tif"
+    if not (he.is_file() and ihc.is_file()):
+        _say(f"{step} rendering a {height} x {width} synthetic slide ({name}; H&E + IHC ground truth)", quiet)
+        write_pair(out, seed, height, width, scanner=scanner)
+    runs = [(mode, mode, False) for mode in modes]
+    if "dn" in modes:
+        runs.append((REFERENCE_RUN, "dn", True))
+    reports = {}
+    for i, (key, mode, published) in enumerate(runs):
+        _say(
+            f"{step} {name}: trt-translate --mode {mode}{' (published pipeline)' if published else ''} "
+            f"({i + 1}/{len(runs)})",
+            quiet,
+        )
+        reports[key] = _translate(he, out / f"demo_{name}_{key}.tif", bundle, mode, backend, published)
+    keys = [key for key, _, _ in runs]
+    tile = reports[modes[0]]["tile"]
+    fidelity = {key: _fidelity(out / f"demo_{name}_{key}.tif", ihc, tile) for key in keys}
+    truth_seam = round(_fidelity(ihc, ihc, tile)["seam_score"], 3)
+
+    # Close-ups at a tile corner: for the clean slide one near the centre (the rim is glass); for
+    # the scanner-like one the corner nearest to where the published pipeline goes most wrong.
+    crop, thumb = 384, 384
+    if name == "clean" or REFERENCE_RUN not in fidelity:
+        cy = cx = (min(height, width) // 2 // tile) * tile
+    else:
+        wy, wx = fidelity[REFERENCE_RUN]["worst_block_yx"]
+        cy, cx = (round((wy + 32) / tile) * tile, round((wx + 32) / tile) * tile)
+    cy = min(max(cy, crop // 4), height - crop // 4)
+    cx = min(max(cx, crop // 4), width - crop // 4)
+    y0, x0 = cy - crop // 4, cx - crop // 4
+    panels = [("input", _thumbnail(he, thumb), _crop(he, y0, x0, crop // 2))]
+    for key in keys:
+        target = out / f"demo_{name}_{key}.tif"
+        panels.append((key, _thumbnail(target, thumb), _crop(target, y0, x0, crop // 2)))
+    panels.append(("truth", _thumbnail(ihc, thumb), _crop(ihc, y0, x0, crop // 2)))
+    panels = [(k, s, np.repeat(np.repeat(c, 2, 0), 2, 1)) for k, s, c in panels]
+    notes = {
+        k: f"seam {f['seam_score']:.2f}  {f['psnr_db']:.1f} dB  worst {f['worst_block_error']:.0f}"
+        for k, f in fidelity.items()
+    }
+    notes["truth"] = f"seam {truth_seam:.2f}"
+    picture = out / ("comparison.png" if name == "clean" else f"comparison-{name}.png")
+    _comparison(panels, notes, picture)
+    return {
+        "slide": str(he),
+        "size": [height, width],
+        "scanner": scanner.name,
+        "ground_truth": str(ihc),
+        "outputs": {k: str(out / f"demo_{name}_{k}.tif") for k in keys},
+        "published_pipeline": {k: published for k, _, published in runs},
+        "comparison": str(picture),
+        "close_up_yx": [y0, x0],
+        "seconds": {k: reports[k]["seconds"]["total"] for k in keys},
+        "fidelity": fidelity,
+        "ground_truth_seam_score": truth_seam,
+        "backend": reports[modes[0]]["backend"],
+    }
 
 
 def run_demo(
@@ -110,116 +210,46 @@ def run_demo(
     backend: str = "auto",
     quiet: bool = False,
     modes: tuple[str, ...] = MODES,
+    scanner_size: tuple[int, int] | None = (2048, 3072),
 ) -> dict:
-    from dnrt.data.synthetic import write_pair
-
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    he = out / f"synthetic_s{seed}_{size}x{size}_he.tif"
-    ihc = out / f"synthetic_s{seed}_{size}x{size}_ihc.tif"
-    if not (he.is_file() and ihc.is_file()):
-        _say(f"[1/4] rendering a {size} x {size} synthetic slide (H&E + IHC ground truth)", quiet)
-        write_pair(out, seed, size, size)
-    else:
-        _say("[1/4] synthetic slide already there", quiet)
-
     bundle = out / "demo.dnrt"
     if not bundle.is_dir():
-        _say("[2/4] exporting the embedded demo model", quiet)
+        _say("[1/3] exporting the embedded demo model", quiet)
         from dnrt.data.demo import export_demo_bundle
 
         export_demo_bundle(bundle, log=(lambda m: None) if quiet else (lambda m: print("      " + m)))
     else:
-        _say("[2/4] demo bundle already there", quiet)
-
-    reports = {}
-    # All modes see the real neighbouring pixels in their margins, so what differs between
-    # them is the normalization; one more DN run shows the reference's mirrored margins.
-    runs = [(mode, mode, "image") for mode in modes]
-    if "dn" in modes:
-        runs.append((REFERENCE_RUN, "dn", "tile"))
-    for i, (key, mode, margin_source) in enumerate(runs):
-        target = out / f"demo_{key}.tif"
-        _say(
-            f"[3/4] trt-translate --mode {mode} --margin-source {margin_source} ({i + 1}/{len(runs)})", quiet
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "dnrt.runtime.cli",
-            str(he),
-            "-o",
-            str(target),
-            "--model",
-            str(bundle),
-            "--mode",
-            mode,
-            "--margin-source",
-            margin_source,
-            "--backend",
-            backend,
-            "--overwrite",
-            "--json",
-            "--quiet",
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            line = (result.stderr.strip().splitlines() or ["failed"])[-1]
-            raise DnrtError(f"trt-translate --mode {mode} failed: {line}")
-        reports[key] = json.loads(result.stdout)
-    keys = [key for key, _, _ in runs]
-
-    _say("[4/4] measuring seams and fidelity, drawing comparison.png", quiet)
-    tile = reports[modes[0]]["tile"]
-    fidelity = {key: _fidelity(out / f"demo_{key}.tif", ihc, tile) for key in keys}
-    # A tile corner near the slide's centre that has tissue (the slide's rim is glass).
-    corner = (size // 2 // tile) * tile
-    crop, thumb = 384, 384
-    panels = [("input", _thumbnail(he, thumb), _crop(he, corner - crop // 4, corner - crop // 4, crop // 2))]
-    for key in keys:
-        target = out / f"demo_{key}.tif"
-        panels.append(
-            (key, _thumbnail(target, thumb), _crop(target, corner - crop // 4, corner - crop // 4, crop // 2))
-        )
-    panels.append(
-        ("truth", _thumbnail(ihc, thumb), _crop(ihc, corner - crop // 4, corner - crop // 4, crop // 2))
-    )
-    panels = [(k, s, np.repeat(np.repeat(c, 2, 0), 2, 1)) for k, s, c in panels]
-    notes = {k: f"seam {fidelity[k]['seam_score']:.2f}  PSNR {fidelity[k]['psnr_db']:.1f} dB" for k in keys}
-    truth_fid = _fidelity(ihc, ihc, tile)
-    notes["truth"] = f"seam {truth_fid['seam_score']:.2f}"
-    picture = out / "comparison.png"
-    _comparison(panels, notes, picture)
-
+        _say("[1/3] demo bundle already there", quiet)
+    slides = {"clean": _slide(out, "clean", size, size, seed, bundle, backend, modes, quiet, "[2/3]")}
+    if scanner_size is not None:
+        h, w = scanner_size
+        slides[SCANNER_SLIDE] = _slide(out, SCANNER_SLIDE, h, w, seed, bundle, backend, modes, quiet, "[3/3]")
     summary = {
-        "slide": str(he),
-        "ground_truth": str(ihc),
         "bundle": str(bundle),
-        "outputs": {k: str(out / f"demo_{k}.tif") for k in keys},
-        "margin_source": {k: source for k, _, source in runs},
-        "comparison": str(picture),
-        "seconds": {k: reports[k]["seconds"]["total"] for k in keys},
-        "fidelity": fidelity,
-        "ground_truth_seam_score": truth_fid["seam_score"],
-        "backend": reports[modes[0]]["backend"],
+        "slides": slides,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not quiet:
-        print(f"\nbackend: {summary['backend']}")
-        print(f"{'run':<16}{'margin':>7}{'seconds':>9}{'seam score':>12}{'PSNR vs truth':>15}")
-        for key, _, source in runs:
+        for name, sl in slides.items():
             print(
-                f"{key:<16}{source:>7}{summary['seconds'][key]:>9.1f}{fidelity[key]['seam_score']:>12.3f}"
-                f"{fidelity[key]['psnr_db']:>12.2f} dB"
+                f"\n{name} slide {sl['size'][1]} x {sl['size'][0]} ({sl['scanner']}), backend {sl['backend']}"
             )
-        print(f"(ground truth seam score {truth_fid['seam_score']:.3f}: 1.0 means no visible seams)")
-        print(f"\ninput      {he}\ntruth      {ihc}\nbundle     {bundle}")
-        for key in keys:
-            print(f"{key:<10} {out / f'demo_{key}.tif'}")
+            print(f"{'run':<14}{'seconds':>9}{'seam score':>12}{'PSNR vs truth':>15}{'worst block':>13}")
+            for key, f in sl["fidelity"].items():
+                print(
+                    f"{key:<14}{sl['seconds'][key]:>9.1f}{f['seam_score']:>12.3f}{f['psnr_db']:>12.2f} dB"
+                    f"{f['worst_block_error']:>13.1f}"
+                )
+            print(f"{'ground truth':<14}{'':>9}{sl['ground_truth_seam_score']:>12.3f}")
+            print(f"comparison {sl['comparison']}")
         print(
-            f"comparison {picture}\nsummary    {out / 'summary.json'}  ({summary['total_seconds']} s in all)"
+            "\nseam score 1.0: no visible seams; worst block: the colour error (grey levels) of the "
+            "most wrong 64 px block"
         )
+        print(f"summary {out / 'summary.json'}  ({summary['total_seconds']} s in all)")
     return summary
 
 
@@ -230,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of in,tin,kin,dn")
+    parser.add_argument(
+        "--no-scanner", action="store_true", help="skip the scanner-like slide (noise, flat glass, JPEG)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -238,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DnrtError(f"--modes must name some of {', '.join(MODES)}")
         if args.size < 512:
             raise DnrtError("--size must be at least 512 (the demo model's tile)")
-        run_demo(args.out, args.size, args.seed, args.backend, args.quiet, modes)
+        scanner_size = None if args.no_scanner else (min(2048, args.size), min(3072, args.size))
+        run_demo(args.out, args.size, args.seed, args.backend, args.quiet, modes, scanner_size)
     except DnrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -32,8 +32,10 @@ lint: venv
 	$(VENV)/bin/ruff check dnrt export runtime tests benchmarks
 
 # The C API: build/capi/libdnrt.so, dnrt.h, dnrt-config and the example dnrt-translate-c.
+# Its recipes run the venv's python, so the venv is an (order-only) prerequisite of the first of
+# them; `capi: venv` alone is not enough, make would build the library's prerequisites first.
+CAPI_PY_DEPS := $(VENV)/.installed
 include capi/capi.mk
-capi: venv
 
 clean:
 	rm -rf build .pytest_cache

@@ -21,19 +21,24 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
+# --durations=15: the 15 slowest tests, to see where the suite's time goes.
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The README's first command: synthetic slide -> shipped demo model -> IN/TIN/KIN/DN -> comparison.png
 demo: venv
 	$(PY) -m dnrt.demo --out demo-out
 
+# The whole tree (ruff honours .gitignore, so .venv and build outputs are skipped).
 lint: venv
-	$(VENV)/bin/ruff check dnrt export runtime tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The C API: build/capi/libdnrt.so, dnrt.h, dnrt-config and the example dnrt-translate-c.
+# Its recipes run the venv's python, so the venv is an (order-only) prerequisite of the first of
+# them; `capi: venv` alone is not enough, make would build the library's prerequisites first.
+CAPI_PY_DEPS := $(VENV)/.installed
 include capi/capi.mk
-capi: venv
 
 clean:
 	rm -rf build .pytest_cache

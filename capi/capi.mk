@@ -14,6 +14,10 @@
 CAPI_PREVIOUS_GOAL := $(.DEFAULT_GOAL)
 
 PY ?= .venv/bin/python
+# Files that must exist before $(PY) may be run (order-only prerequisites of the first step that
+# runs it). The top-level Makefile sets its venv here, so that `make capi` on a fresh clone builds
+# the venv before any recipe asks its python; standalone use with an existing PY leaves it empty.
+CAPI_PY_DEPS ?=
 CAPI_BUILD ?= build/capi
 CAPI_CC ?= gcc
 CAPI_OPT ?= -O2 -g
@@ -34,7 +38,10 @@ capi: $(CAPI_LIB) $(CAPI_EXAMPLE)
 
 capi-tests: capi $(CAPI_CHECK)
 
-$(CAPI_GEN): capi/build_cffi.py capi/src/embedded.py capi/include/dnrt.h capi/dnrt-config.in capi/dnrt.pc.in
+# Every other target that runs $(PY) (the compiler flags of both objects, the link) depends on
+# this one, so the order-only $(CAPI_PY_DEPS) come first for all of them.
+$(CAPI_GEN): capi/build_cffi.py capi/src/embedded.py capi/include/dnrt.h capi/dnrt-config.in capi/dnrt.pc.in \
+    | $(CAPI_PY_DEPS)
 	@$(PY) -c "import cffi" 2>/dev/null || { echo "capi: cffi is missing: $(PY) -m pip install cffi" >&2; exit 1; }
 	$(PY) capi/build_cffi.py --out $(CAPI_BUILD)
 	@touch $@

@@ -1,7 +1,8 @@
 """Command-line entry points: ``dnrt`` (a group) and ``export-model``.
 
 Every command runs inside :func:`run_cli`, which turns a DnrtError into one line
-on stderr and a non-zero exit, and never shows a traceback unless DNRT_DEBUG=1.
+on stderr and a non-zero exit, and never shows a traceback unless DNRT_DEBUG=1. Ctrl-C,
+SIGTERM and SIGHUP remove what was being written and exit 130, 143 and 129 respectively.
 """
 
 from __future__ import annotations
@@ -39,17 +40,20 @@ class DnrtCommand(click.Command):
 
 
 def guarded(call: Callable[[], Any]) -> Any:
+    from dnrt.interrupts import describe, exit_code_of, signals_interrupt
+
     try:
-        return call()
+        with signals_interrupt():  # SIGTERM and SIGHUP unwind (and clean up) like Ctrl-C
+            return call()
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
         raise
     except DnrtError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
         fail(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        click.echo(f"error: {describe(exc)}; nothing written", err=True)
+        sys.exit(exit_code_of(exc))
     except MemoryError:
         fail("out of memory (try a smaller --batch)")
     except Exception as exc:  # a bug: still one line, with the way to see more

@@ -4,9 +4,11 @@ temporaries left by killed runs, and the permissions of what dnrt writes."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,3 +164,96 @@ def test_pillow_outputs_use_the_level(tmp_path: Path) -> None:
         with pytest.raises(DnrtError, match=message):
             open_writer(tmp_path / f"bad{suffix}", 8, 8, 3, compression=spec)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- 2. signals
+
+
+def _popen(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("DNRT_DEBUG", None)
+
+    def defaults() -> None:  # a background job may inherit SIGINT/SIGHUP ignored
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=defaults,
+    )
+
+
+def _signal_when(proc: subprocess.Popen, folder: Path, marker: str, sig: int) -> tuple[str, str]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(marker in name for name in _files(folder)):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be signalled: " + proc.communicate()[1]
+    time.sleep(0.2)  # well inside the run, not at its first instruction
+    proc.send_signal(sig)
+    return proc.communicate(timeout=120)
+
+
+SIGNALS = [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "SIGTERM"),
+    (signal.SIGHUP, 129, "SIGHUP"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "word"), SIGNALS, ids=["INT", "TERM", "HUP"])
+def test_translate_signals_leave_no_output(
+    tmp_path: Path, bundle: Path, sig: int, code: int, word: str
+) -> None:
+    tifffile.imwrite(tmp_path / "large.tif", _rgb(2048, 2048), photometric="rgb", tile=(256, 256))
+    large, out = str(tmp_path / "large.tif"), str(tmp_path / "out.tif")
+    args = [large, "-o", out, "-m", str(bundle), "--batch", "1", "--threads", "1", "-q"]
+    proc = _popen(["-m", "dnrt.runtime.cli", *args])
+    _, err = _signal_when(proc, tmp_path, ".dnrt-tmp-", sig)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and word in err, err
+    assert _files(tmp_path) == {"large.tif"}
+
+
+def _checkpoint(folder: Path, features: int = 16) -> Path:
+    torch = pytest.importorskip("torch")
+    from dnrt.export.zoo import build_generator
+
+    torch.manual_seed(0)
+    config = {"in_channels": 3, "out_channels": 3, "features": features, "residuals": 2, "affine": False}
+    path = folder / "g.pth"
+    torch.save(build_generator("official", config).state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "word"), SIGNALS[1:], ids=["TERM", "HUP"])
+def test_export_signals_leave_no_bundle(tmp_path: Path, sig: int, code: int, word: str) -> None:
+    ckpt = _checkpoint(tmp_path)
+    script = "from dnrt.cli import export_model_main; export_model_main()"
+    proc = _popen(["-c", script, str(ckpt), "-o", str(tmp_path / "m.dnrt"), "--quiet"])
+    _, err = _signal_when(proc, tmp_path, ".m.dnrt.dnrt-tmp-", sig)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and word in err, err
+    assert _files(tmp_path) == {"g.pth"}
+
+
+def test_signals_inherited_as_ignored_stay_ignored() -> None:
+    from dnrt.interrupts import signals_interrupt
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # nohup's choice is kept
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    finally:
+        signal.signal(signal.SIGHUP, old)

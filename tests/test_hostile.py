@@ -257,3 +257,82 @@ def test_signals_inherited_as_ignored_stay_ignored() -> None:
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
     finally:
         signal.signal(signal.SIGHUP, old)
+
+
+# --------------------------------------------------------------------------- 3. stale temporaries
+
+
+def test_temporaries_carry_the_pid(tmp_path: Path) -> None:
+    with open_writer(tmp_path / "o.tif", 600, 600, 3, tile=256, pyramid=True) as writer:
+        names = sorted(p.name for p in tmp_path.iterdir())
+        pid = os.getpid()
+        assert [n.rsplit("-", 1)[0] for n in names] == [
+            f".o.tif.dnrt-level1-{pid}",
+            f".o.tif.dnrt-level2-{pid}",
+            f".o.tif.dnrt-tmp-{pid}",
+        ], names
+        writer.write_band(_rgb(600, 600))
+    assert _files(tmp_path) == {"o.tif"}
+
+
+def test_a_later_run_removes_stale_temporaries_only(work: Path, bundle: Path) -> None:
+    dead, live = _dead_pid(), os.getpid()
+    stale = [f".out.tif.dnrt-tmp-{dead}-0badc0de", f".out.tif.dnrt-level1-{dead}-00000001"]
+    kept = [
+        f".out.tif.dnrt-tmp-{live}-cafef00d",  # a live process's work in progress
+        f".other.tif.dnrt-tmp-{dead}-0badc0de",  # another destination's
+        f".out.tif.dnrt-tmp-{dead}",  # not a name dnrt writes
+        "out.tif.dnrt-tmp-notes.txt",
+    ]
+    for name in stale + kept:
+        (work / name).write_bytes(b"partial")
+    code, err = _translate(work / "in.tif", "-o", work / "out.tif", "-m", bundle, "--backend", "ort", "-q")
+    assert code == 0, err
+    assert _files(work) == {"in.tif", "out.tif", *kept}
+
+
+def test_stale_bundle_folder_and_backup(tmp_path: Path) -> None:
+    from dnrt.runtime.io.atomic import remove_stale_temps
+
+    dead = _dead_pid()
+    out = tmp_path / "m.dnrt"
+    tmp_dir = tmp_path / f".m.dnrt.dnrt-tmp-{dead}-12345678"
+    tmp_dir.mkdir()
+    (tmp_dir / "stats.onnx").write_bytes(b"half")
+    backup = tmp_path / f".m.dnrt.dnrt-old-{dead}-12345678"
+    backup.mkdir()
+    # The destination is missing: the backup may be the only copy of the old bundle.
+    assert remove_stale_temps(out) == [tmp_dir]
+    assert _files(tmp_path) == {backup.name}
+    out.mkdir()
+    assert remove_stale_temps(out) == [backup]
+    assert _files(tmp_path) == {"m.dnrt"}
+
+
+@pytest.mark.slow
+def test_export_removes_a_stale_bundle_folder(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from dnrt.cli import export_model_command
+
+    ckpt = _checkpoint(tmp_path, features=8)
+    stale = tmp_path / f".m.dnrt.dnrt-tmp-{_dead_pid()}-12345678"
+    stale.mkdir()
+    (stale / "weights.safetensors").write_bytes(b"half")
+    live = tmp_path / f".m.dnrt.dnrt-tmp-{os.getpid()}-87654321"
+    live.mkdir()
+    result = CliRunner().invoke(
+        export_model_command,
+        [
+            str(ckpt),
+            "-o",
+            str(tmp_path / "m.dnrt"),
+            "--tile",
+            "32",
+            "--margin",
+            "8",
+            "--quiet",
+            "--no-validate",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path) == {"g.pth", "m.dnrt", live.name}

@@ -51,6 +51,7 @@ from dnrt.runtime.io.atomic import (
     create_temp,
     output_kind,
     remove_quietly,
+    remove_stale_temps,
 )
 from dnrt.runtime.io.pyramid import PyramidBuilder
 from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ImageSource, _short, quoted
@@ -224,6 +225,7 @@ class TileWriter:
         self._closed = False
         self._error: BaseException | None = None
 
+        remove_stale_temps(dest)  # left by a run that was killed (SIGKILL, power cut)
         self.temp = create_temp(dest)
         self._pyramid: PyramidBuilder | None = None
         try:
@@ -564,6 +566,7 @@ class PillowWriter:
             self._options["icc_profile"] = icc
         self._array = np.empty((height, width, channels), np.uint8)
         self._closed = False
+        remove_stale_temps(dest)  # left by a run that was killed (SIGKILL, power cut)
         self.temp = create_temp(dest)
         self._finalizer = weakref.finalize(self, _remove_all, [self.temp])
 

@@ -18,7 +18,7 @@ from dnrt.errors import DnrtError
 from dnrt.export.normswap import DnrtModel
 from dnrt.export.onnx_export import export_dense_graph, export_stats_graph, statistics_only
 from dnrt.export.op_schema import MIN_OPSET
-from dnrt.runtime.io.atomic import create_temp_dir, remove_stale_temps, temp_name
+from dnrt.runtime.io.atomic import apply_umask, create_temp_dir, remove_stale_temps, temp_name
 from dnrt.semantics import check_map_sizes, collect_flavour
 
 #: Largest |ORT - PyTorch| an fp32 export may show (issue 2).
@@ -106,6 +106,8 @@ def write_bundle(
                     f"export validation failed: ONNX Runtime differs from PyTorch by {result.worst:.3g} "
                     f"(> {VALIDATION_TOLERANCE:g}); nothing was written"
                 )
+        for path in tmp.iterdir():
+            apply_umask(path)  # safetensors writes 0o600
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -336,3 +336,35 @@ def test_export_removes_a_stale_bundle_folder(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert _files(tmp_path) == {"g.pth", "m.dnrt", live.name}
+
+
+# --------------------------------------------------------------------------- 4. permissions
+
+
+@pytest.mark.slow
+def test_bundle_permissions_follow_the_umask(tmp_path: Path, umask022: None) -> None:
+    pytest.importorskip("torch")
+    from dnrt.cli import export_model_command
+
+    ckpt = _checkpoint(tmp_path, features=8)
+    out = tmp_path / "m.dnrt"
+    result = CliRunner().invoke(
+        export_model_command, [str(ckpt), "-o", str(out), "--tile", "32", "--margin", "8", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert oct(_mode(out)) == oct(0o755)
+    modes = {p.name: oct(_mode(p)) for p in out.iterdir()}
+    assert modes == dict.fromkeys(modes, oct(0o644)) and "weights.safetensors" in modes, modes
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".jpg"])
+def test_image_permissions_follow_the_umask(tmp_path: Path, suffix: str) -> None:
+    for mask, expected in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        out = tmp_path / f"o{mask:o}{suffix}"
+        old = os.umask(mask)
+        try:
+            with open_writer(out, 32, 32, 3, tile=16, pyramid=suffix == ".tif") as writer:
+                writer.write_band(_rgb(32, 32))
+        finally:
+            os.umask(old)
+        assert oct(_mode(out)) == oct(expected)

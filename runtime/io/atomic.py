@@ -122,6 +122,28 @@ def create_temp_dir(dest: Path, marker: str = TEMP_MARKER) -> Path:
     raise DnrtError(f"cannot create a temporary folder in {_q(folder)}")  # pragma: no cover
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux 4.7+)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give ``path`` the mode a new file (0o666) or folder (0o777) gets under the umask.
+
+    For outputs written by libraries that create their files private (safetensors: 0o600)."""
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return True  # not a pid we wrote: leave the entry alone

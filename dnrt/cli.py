@@ -310,18 +310,22 @@ def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
     """
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends.trt import prepare_onnx_for_tensorrt
+    from dnrt.runtime.io.atomic import commit, create_temp, remove_quietly, remove_stale_temps
 
     bundle = load_bundle(model)
     if output.exists() and not overwrite:
         raise DnrtError(f"{output} exists; pass --overwrite to replace it")
-    data = prepare_onnx_for_tensorrt(bundle.dense_graph.read_bytes())
-    tmp = output.with_name(f".{output.name}.dnrt-tmp")
+    graph = bundle.dense_graph
+    data = prepare_onnx_for_tensorrt(graph.read_bytes(), bundle.path, str(graph))
+    remove_stale_temps(output)
+    tmp = create_temp(output)
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, output)
+        commit(tmp, output, overwrite)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DnrtError(f"cannot write {output}: {exc.strerror}") from None
+    finally:
+        remove_quietly(tmp)
     click.echo(f"wrote {output}: DenseNorm nodes tagged plugin_namespace=dnrt, function body removed")
 
 

@@ -368,3 +368,80 @@ def test_image_permissions_follow_the_umask(tmp_path: Path, suffix: str) -> None
         finally:
             os.umask(old)
         assert oct(_mode(out)) == oct(expected)
+
+
+# --------------------------------------------------------------------------- 5. external data
+
+
+def _bundle_with_external(folder: Path, source: Path, location: str, graph: str = "dense.onnx") -> Path:
+    import shutil
+
+    import onnx
+    from onnx import TensorProto
+
+    bundle = folder / "evil.dnrt"
+    shutil.copytree(source, bundle)
+    model = onnx.load(str(bundle / graph))
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    del tensor.float_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    onnx.save(model, str(bundle / graph))
+    return bundle
+
+
+UNSAFE = ["/etc/passwd", "../../../etc/passwd", "weights/../../outside.bin", ""]
+
+
+@pytest.mark.parametrize("location", UNSAFE)
+def test_trt_onnx_refuses_unsafe_external_data(tmp_path: Path, bundle: Path, location: str) -> None:
+    from dnrt.cli import main
+
+    evil = _bundle_with_external(tmp_path, bundle, location)
+    result = CliRunner().invoke(main, ["trt-onnx", str(evil), "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 1, result.output
+    err = result.stderr
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "external data location" in err and repr(location) in err, err
+    assert _files(tmp_path) == {"evil.dnrt"}
+
+
+def test_trt_onnx_writes_a_safe_bundle(tmp_path: Path, bundle: Path) -> None:
+    from dnrt.cli import main
+
+    result = CliRunner().invoke(main, ["trt-onnx", str(bundle), "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path) == {"out.onnx"}
+
+
+@pytest.mark.parametrize("graph", ["dense.onnx", "stats.onnx"])
+def test_ort_backend_refuses_unsafe_external_data(work: Path, bundle: Path, graph: str) -> None:
+    evil = _bundle_with_external(work, bundle, "/etc/passwd", graph)
+    code, err = _translate(work / "in.tif", "-o", work / "o.tif", "-m", evil, "--backend", "ort")
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1 and "external data location '/etc/passwd'" in err, err
+    assert not (work / "o.tif").exists()
+
+
+def test_external_data_inside_the_bundle_is_accepted(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dnrt.bundle import check_external_data
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.bin").symlink_to("/etc/passwd")
+    tensor = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+    graph = helper.make_graph([], "g", [], [], [tensor])
+    model = helper.make_model(graph)
+    for location, ok in [("w.bin", True), ("sub/w.bin", True), ("./w.bin", True), ("link.bin", False)]:
+        tensor = model.graph.initializer[0]
+        del tensor.external_data[:]
+        tensor.external_data.add(key="location", value=location)
+        if ok:
+            check_external_data(model, tmp_path, "g.onnx")
+        else:
+            with pytest.raises(DnrtError, match="outside the bundle folder"):
+                check_external_data(model, tmp_path, "g.onnx")
+    assert isinstance(model, onnx.ModelProto)

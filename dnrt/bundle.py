@@ -27,8 +27,9 @@ of a collect. Bundles from an older export lack it; backends then run stats.onnx
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from dnrt.errors import DnrtError
@@ -161,3 +162,55 @@ def load_bundle(path: str | Path) -> Bundle:
         if not (path / name).is_file():
             raise DnrtError(f"model bundle {path} is incomplete: {name} is missing")
     return Bundle(path=path, manifest=manifest)
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of an ONNX graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_external_data(model: Any, folder: str | Path, label: str) -> None:
+    """Refuse an ONNX model (an ``onnx.ModelProto``) whose external-data locations are absolute
+    or lead out of ``folder`` (``..``, or a symlink pointing elsewhere).
+
+    A bundle is a self-contained folder; a graph naming ``/etc/passwd`` or ``../../secret`` as
+    the bytes of a weight would read (or, copied into another file, publish) whatever is there.
+    """
+    root = Path(folder).resolve()
+    tensors = list(_tensors(model.graph))
+    for function in getattr(model, "functions", []):
+        for node in function.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+                tensors.extend(attr.tensors)
+    for tensor in tensors:
+        for entry in tensor.external_data:
+            if entry.key != "location":
+                continue
+            location = entry.value
+            pure = PurePosixPath(location.replace("\\", "/"))
+            unsafe = (
+                not location
+                or pure.is_absolute()
+                or PureWindowsPath(location).drive != ""
+                or ".." in pure.parts
+                or not (root / location).resolve().is_relative_to(root)
+            )
+            if unsafe:
+                raise DnrtError(
+                    f"{label}: external data location {location!r} of tensor {tensor.name!r} is "
+                    f"{'absolute' if pure.is_absolute() else 'outside the bundle folder'}; refusing to read it"
+                )

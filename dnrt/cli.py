@@ -1,7 +1,8 @@
 """Command-line entry points: ``dnrt`` (a group) and ``export-model``.
 
 Every command runs inside :func:`run_cli`, which turns a DnrtError into one line
-on stderr and a non-zero exit, and never shows a traceback unless DNRT_DEBUG=1.
+on stderr and a non-zero exit, and never shows a traceback unless DNRT_DEBUG=1. Ctrl-C,
+SIGTERM and SIGHUP remove what was being written and exit 130, 143 and 129 respectively.
 """
 
 from __future__ import annotations
@@ -39,17 +40,20 @@ class DnrtCommand(click.Command):
 
 
 def guarded(call: Callable[[], Any]) -> Any:
+    from dnrt.interrupts import describe, exit_code_of, signals_interrupt
+
     try:
-        return call()
+        with signals_interrupt():  # SIGTERM and SIGHUP unwind (and clean up) like Ctrl-C
+            return call()
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
         raise
     except DnrtError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
         fail(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        click.echo(f"error: {describe(exc)}; nothing written", err=True)
+        sys.exit(exit_code_of(exc))
     except MemoryError:
         fail("out of memory (try a smaller --batch)")
     except Exception as exc:  # a bug: still one line, with the way to see more
@@ -306,18 +310,22 @@ def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
     """
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends.trt import prepare_onnx_for_tensorrt
+    from dnrt.runtime.io.atomic import commit, create_temp, remove_quietly, remove_stale_temps
 
     bundle = load_bundle(model)
     if output.exists() and not overwrite:
         raise DnrtError(f"{output} exists; pass --overwrite to replace it")
-    data = prepare_onnx_for_tensorrt(bundle.dense_graph.read_bytes())
-    tmp = output.with_name(f".{output.name}.dnrt-tmp")
+    graph = bundle.dense_graph
+    data = prepare_onnx_for_tensorrt(graph.read_bytes(), bundle.path, str(graph))
+    remove_stale_temps(output)
+    tmp = create_temp(output)
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, output)
+        commit(tmp, output, overwrite)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DnrtError(f"cannot write {output}: {exc.strerror}") from None
+    finally:
+        remove_quietly(tmp)
     click.echo(f"wrote {output}: DenseNorm nodes tagged plugin_namespace=dnrt, function body removed")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from dnrt.errors import DnrtError
 from dnrt.export.normswap import DnrtModel
 from dnrt.export.onnx_export import export_dense_graph, export_stats_graph, statistics_only
 from dnrt.export.op_schema import MIN_OPSET
+from dnrt.runtime.io.atomic import apply_umask, create_temp_dir, remove_stale_temps, temp_name
 from dnrt.semantics import check_map_sizes, collect_flavour
 
 #: Largest |ORT - PyTorch| an fp32 export may show (issue 2).
@@ -79,7 +79,9 @@ def write_bundle(
     check_map_sizes(manifest.tile, manifest.margin, manifest.strides)
     manifest.dnrt_version = dnrt.__version__
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.dnrt-tmp-", dir=out.parent if str(out.parent) else "."))
+    remove_stale_temps(out)  # left by an export that was killed (SIGKILL, power cut)
+    # 0o777 less the umask, like any new folder: mkdtemp's 0o700 would survive the rename.
+    tmp = create_temp_dir(out)
     try:
         log(f"exporting stats graph ({len(model.layers)} norm layers, {model.total_channels} channels)")
         stats = export_stats_graph(model, manifest.in_channels, manifest.opset)
@@ -104,6 +106,8 @@ def write_bundle(
                     f"export validation failed: ONNX Runtime differs from PyTorch by {result.worst:.3g} "
                     f"(> {VALIDATION_TOLERANCE:g}); nothing was written"
                 )
+        for path in tmp.iterdir():
+            apply_umask(path)  # safetensors writes 0o600
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,7 +126,7 @@ def _save_weights(state_dict: dict[str, torch.Tensor], path: Path, manifest: Man
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         # Move the old bundle aside first so that a failure never leaves neither.
-        backup = out.with_name(f".{out.name}.dnrt-old-{os.getpid()}")
+        backup = temp_name(out, ".dnrt-old-")
         os.replace(out, backup)
         os.replace(tmp, out)
         shutil.rmtree(backup, ignore_errors=True)

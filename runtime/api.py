@@ -398,8 +398,10 @@ class Translator:
         writer_tile: int,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
+        from dnrt.runtime.io.writer import check_compression
 
         # Everything that can be refused is refused before the output file is created.
+        check_compression(output, compression)
         self._check_source(source)
         TilePlan.create(
             source.height,

@@ -3,8 +3,9 @@
 Every problem the user can cause (missing or unreadable input, wrong pixel
 format, broken bundle, existing output, bad option) ends as one line on
 stderr, ``error: ...``, and a non-zero exit: 2 for usage errors, 1 for
-failures, 130 for Ctrl-C. The output only appears once complete (the writer
-renames a temporary file), so none of these leave a partial file behind.
+failures, 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP. The output only appears
+once complete (the writer renames a temporary file), so none of these leave a partial file
+behind.
 Set ``DNRT_DEBUG=1`` to get the traceback of an unexpected error.
 """
 
@@ -221,36 +222,40 @@ def translate_command(
     if not any(isinstance(h, logging.NullHandler) for h in tiff_logger.handlers):
         tiff_logger.addHandler(logging.NullHandler())
     try:
+        from dnrt.interrupts import signals_interrupt
         from dnrt.runtime.api import translate
 
-        report = translate(
-            input,
-            output,
-            model,
-            mode=mode.lower(),
-            schedule=schedule.lower(),
-            backend=backend.lower(),
-            tile=tile,
-            margin=margin,
-            margin_source=margin_source.lower(),
-            batch=batch,
-            kin_kernel=kin_kernel,
-            kin_kernel_type=kin_kernel_type.lower(),
-            std_floor=std_floor,
-            degenerate=degenerate.lower(),
-            degenerate_ratio=degenerate_ratio,
-            threads=threads,
-            overlap=overlap,
-            backend_options=_backend_options(precision.lower(), device_index),
-            compression=compression,
-            pyramid=pyramid,
-            overwrite=overwrite,
-            progress=False if quiet else None,
-        )
+        with signals_interrupt():  # SIGTERM and SIGHUP unwind (and clean up) like Ctrl-C
+            report = translate(
+                input,
+                output,
+                model,
+                mode=mode.lower(),
+                schedule=schedule.lower(),
+                backend=backend.lower(),
+                tile=tile,
+                margin=margin,
+                margin_source=margin_source.lower(),
+                batch=batch,
+                kin_kernel=kin_kernel,
+                kin_kernel_type=kin_kernel_type.lower(),
+                std_floor=std_floor,
+                degenerate=degenerate.lower(),
+                degenerate_ratio=degenerate_ratio,
+                threads=threads,
+                overlap=overlap,
+                backend_options=_backend_options(precision.lower(), device_index),
+                compression=compression,
+                pyramid=pyramid,
+                overwrite=overwrite,
+                progress=False if quiet else None,
+            )
     except DnrtError as exc:
         raise CliError(str(exc), exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise CliError("interrupted; no output written", 130) from None
+    except KeyboardInterrupt as exc:
+        from dnrt.interrupts import describe, exit_code_of
+
+        raise CliError(f"{describe(exc)}; no output written", exit_code_of(exc)) from None
     except MemoryError:
         raise CliError("out of memory; try a smaller --batch or --tile", 1) from None
     except Exception as exc:

@@ -217,7 +217,7 @@ def test_bad_options(work: Path, bundle: Path) -> None:
     _expect_error(work, [inp, "-o", out, *m, "--margin", "3"], "even")
     _expect_error(work, [inp, "-o", out, *m, "--mode", "kin", "--kin-kernel", "4"], "odd")
     _expect_error(work, [inp, "-o", out, *m, "--std-floor", "-1"], "std floor")
-    _expect_error(work, [inp, "-o", out, *m, "--compression", "gzip9"], "compression")
+    _expect_error(work, [inp, "-o", out, *m, "--compression", "gzip9"], "compression", code=2)
     _expect_error(work, [inp, "-o", work / "missing-folder" / "o.tif", *m], "does not exist")
     _expect_error(work, [inp, "-o", work / "out.xyz", *m], "suffix")
     _expect_error(work, [inp, "-o", inp, *m, "--overwrite"], "input")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dnrt.bundle import Bundle
+from dnrt.bundle import Bundle, check_external_data
 from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend
 from dnrt.semantics import CollectFlavour
@@ -85,12 +85,17 @@ def cache_dir() -> Path:
     return path
 
 
-def prepare_onnx_for_tensorrt(data: bytes) -> bytes:
-    """Drop DenseNorm's function body and tag its nodes so the parser uses the plugin."""
+def prepare_onnx_for_tensorrt(data: bytes, folder: Path | None = None, label: str = "graph") -> bytes:
+    """Drop DenseNorm's function body and tag its nodes so the parser uses the plugin.
+
+    With ``folder`` (the bundle's), external-data locations that are absolute or lead out of it
+    are refused (:func:`dnrt.bundle.check_external_data`)."""
     import onnx
     from onnx import helper
 
     model = onnx.load_from_string(data)
+    if folder is not None:
+        check_external_data(model, folder, label)
     kept = [f for f in model.functions if not (f.domain == PLUGIN_NAMESPACE and f.name == "DenseNorm")]
     del model.functions[:]
     model.functions.extend(kept)
@@ -307,7 +312,11 @@ class TrtBackend(Backend):
     def _engine(self, trt: Any, logger: Any, path: Path, which: str, gpu: str, capability: str) -> _Engine:
         graph = path.read_bytes()
         if which == "dense":
-            graph = prepare_onnx_for_tensorrt(graph)
+            graph = prepare_onnx_for_tensorrt(graph, path.parent, str(path))
+        else:
+            import onnx
+
+            check_external_data(onnx.load_from_string(graph), path.parent, str(path))
         p = self.profile
         cin = self.manifest.in_channels
         channels = self.manifest.total_channels

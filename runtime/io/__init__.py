@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dnrt.runtime.io.atomic import check_output_path
 from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ArraySource, ImageSource, open_image
-from dnrt.runtime.io.writer import Compression, PillowWriter, TileWriter, open_writer
+from dnrt.runtime.io.writer import Compression, PillowWriter, TileWriter, check_compression, open_writer
 
 __all__ = [
     "MAX_PILLOW_PIXELS",
@@ -21,6 +21,7 @@ __all__ = [
     "ImageSource",
     "PillowWriter",
     "TileWriter",
+    "check_compression",
     "check_output_path",
     "open_image",
     "open_writer",

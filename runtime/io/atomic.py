@@ -4,6 +4,13 @@ The output is written under a hidden temporary name in the destination's folder 
 filesystem, so the final rename is atomic) and only renamed to the destination once complete.
 A crash, an error or Ctrl-C therefore never leaves a half-written file at the destination, and
 an existing destination is untouched until the new file is whole.
+
+Temporary names are ``.NAME.dnrt-KIND-PID-XXXXXXXX`` (KIND ``tmp``, ``level1``, ..., ``old``):
+recognisable, tied to their destination ``NAME`` and carrying the writing process's id. Only
+SIGKILL, a power cut or a crash of the interpreter can leave one behind; the next run to the
+same destination removes those whose process no longer exists (:func:`remove_stale_temps`),
+never those of a live process. Temporaries are created with mode ``0o666``/``0o777`` filtered
+by the umask, so the renamed output has the permissions any new file would have.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 
 from dnrt.errors import DnrtError
@@ -21,6 +30,8 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 #: Suffixes written whole through Pillow (images that fit in memory).
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEMP_MARKER = ".dnrt-tmp-"
+#: ``.NAME`` + this pattern: a temporary of the destination ``NAME`` (group 1: the kind, 2: the pid).
+_TEMP_TAIL = re.compile(r"\.dnrt-(tmp|level[0-9]+|old)-([0-9]+)-[0-9a-f]{8}")
 
 
 def _q(path: os.PathLike[str] | str) -> str:
@@ -73,11 +84,17 @@ def check_output_path(
     return dest
 
 
+def temp_name(dest: Path, marker: str = TEMP_MARKER) -> Path:
+    """A fresh temporary path beside ``dest``: ``.NAME`` + marker + ``PID-XXXXXXXX``."""
+    folder = dest.parent if str(dest.parent) else Path(".")
+    return folder / f".{dest.name}{marker}{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def create_temp(dest: Path, marker: str = TEMP_MARKER) -> Path:
-    """Create an empty hidden file beside ``dest`` (``.NAME.dnrt-tmp-XXXXXXXX``), honouring the umask."""
+    """Create an empty hidden file beside ``dest`` (``.NAME.dnrt-tmp-PID-XXXXXXXX``), honouring the umask."""
     folder = dest.parent if str(dest.parent) else Path(".")
     for _ in range(100):
-        temp = folder / f".{dest.name}{marker}{secrets.token_hex(4)}"
+        temp = temp_name(dest, marker)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
@@ -87,6 +104,94 @@ def create_temp(dest: Path, marker: str = TEMP_MARKER) -> Path:
         os.close(fd)
         return temp
     raise DnrtError(f"cannot create a temporary file in {_q(folder)}")  # pragma: no cover
+
+
+def create_temp_dir(dest: Path, marker: str = TEMP_MARKER) -> Path:
+    """Create an empty hidden folder beside ``dest``, mode ``0o777`` less the umask (unlike
+    :func:`tempfile.mkdtemp`'s 0o700, which would survive the rename into place)."""
+    folder = dest.parent if str(dest.parent) else Path(".")
+    for _ in range(100):
+        temp = temp_name(dest, marker)
+        try:
+            os.mkdir(temp, 0o777)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise DnrtError(f"cannot create a folder in {_q(folder)}: {exc.strerror or exc}") from None
+        return temp
+    raise DnrtError(f"cannot create a temporary folder in {_q(folder)}")  # pragma: no cover
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux 4.7+)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give ``path`` the mode a new file (0o666) or folder (0o777) gets under the umask.
+
+    For outputs written by libraries that create their files private (safetensors: 0o600)."""
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we wrote: leave the entry alone
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists (another user's) or cannot tell: keep it
+    return True
+
+
+def remove_stale_temps(dest: Path) -> list[Path]:
+    """Remove the temporaries of ``dest`` left by processes that no longer exist; returns them.
+
+    Only names of the form ``.NAME.dnrt-KIND-PID-XXXXXXXX`` for this destination's ``NAME`` are
+    considered, and only when no process ``PID`` exists (a live process's are its work in
+    progress). A stale ``old`` (a bundle moved aside while being replaced) is kept while the
+    destination is missing: it may be the only copy. Failures to remove are ignored.
+    """
+    dest = Path(dest)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    prefix = f".{dest.name}"
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        match = _TEMP_TAIL.fullmatch(name, len(prefix))
+        if match is None or _pid_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not os.path.lexists(dest):
+            continue
+        path = folder / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def remove_quietly(path: Path | None) -> None:

@@ -22,6 +22,10 @@ of level 0 instead (the OME-TIFF convention; readable by tifffile and Bio-Format
 Compression names (``--compression``): ``zlib`` (default, lossless; alias ``deflate``), ``none``,
 ``lzw``, ``zstd``, ``jpeg`` (quality 90, YCbCr 4:2:0), ``webp`` (lossless); ``NAME:LEVEL`` sets
 the codec's level, e.g. ``zlib:1`` (faster), ``zstd:9``, ``jpeg:95`` or ``webp:90`` (lossy WebP).
+Levels: zlib/deflate 0-9, zstd 1-22, jpeg 1-100, webp 0-100 (100: lossless); ``none`` and
+``lzw`` take none. ``.png`` outputs take ``zlib[:0-9]`` or ``none``; ``.jpg`` outputs take
+``jpeg[:1-100]`` (bare ``zlib``, the default, means quality 90). :class:`Compression` checks all
+of it, for every output kind.
 Lossless codecs use the horizontal-difference predictor, which every TIFF reader supports.
 """
 
@@ -29,9 +33,11 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,51 +45,89 @@ from typing import Any
 import numpy as np
 
 from dnrt.errors import DnrtError
-from dnrt.runtime.io.atomic import check_output_path, commit, create_temp, output_kind, remove_quietly
+from dnrt.runtime.io.atomic import (
+    check_output_path,
+    commit,
+    create_temp,
+    output_kind,
+    remove_quietly,
+    remove_stale_temps,
+)
 from dnrt.runtime.io.pyramid import PyramidBuilder
 from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ImageSource, _short, quoted
 
 #: Bytes of bands waiting for the writer thread before write_band blocks (at least one band).
 DEFAULT_QUEUE_BYTES = 48 << 20
 
+
+@dataclass(frozen=True)
+class _Codec:
+    tiff: str | None  # tifffile's compression name
+    attr: str | None  # imagecodecs availability attribute
+    lossless: bool
+    #: Inclusive range of NAME:LEVEL, or None when the codec takes no level.
+    levels: tuple[int, int] | None
+    default: int | None = None
+
+
+# The ranges are what the codecs honour: imagecodecs (and Pillow) silently clamp anything
+# outside them (zstd: levels <= 0 give the library default, 23+ give 22; JPEG below 1 gives 1),
+# so an out-of-range level would do something other than asked without a word.
 _CODECS = {
-    # name: (tifffile compression, imagecodecs availability attribute, lossless, default level)
-    "none": (None, None, True, None),
-    "zlib": ("zlib", "ZLIB", True, None),
-    "deflate": ("zlib", "ZLIB", True, None),
-    "lzw": ("lzw", "LZW", True, None),
-    "zstd": ("zstd", "ZSTD", True, None),
-    "jpeg": ("jpeg", "JPEG8", False, 90),
-    "webp": ("webp", "WEBP", True, None),
+    "none": _Codec(None, None, True, None),
+    "zlib": _Codec("zlib", "ZLIB", True, (0, 9)),
+    "deflate": _Codec("zlib", "ZLIB", True, (0, 9)),
+    "lzw": _Codec("lzw", "LZW", True, None),
+    "zstd": _Codec("zstd", "ZSTD", True, (1, 22)),
+    "jpeg": _Codec("jpeg", "JPEG8", False, (1, 100), 90),
+    "webp": _Codec("webp", "WEBP", True, (0, 100)),  # 100 (or no level): lossless
 }
+_LEVEL = re.compile(r"[+-]?[0-9]+")
+
+
+def _usage(message: str) -> DnrtError:
+    return DnrtError(message, exit_code=2)
 
 
 class Compression:
-    """A parsed and validated ``--compression`` value."""
+    """A parsed and validated ``--compression`` value: ``NAME`` or ``NAME:LEVEL``.
 
-    def __init__(self, spec: str | None) -> None:
+    The one place that knows the codecs and their level ranges; TIFF outputs use it through
+    :attr:`codec`/:attr:`args`, PNG and JPEG outputs through :meth:`pillow_options`. Every
+    refusal is a DnrtError with exit code 2 (a usage error). ``check_available=False`` skips
+    asking imagecodecs whether the codec is built in (for outputs that do not use it).
+    """
+
+    def __init__(self, spec: str | None, *, check_available: bool = True) -> None:
         text = "none" if spec is None else str(spec).strip().lower()
-        name, _, level_text = text.partition(":")
+        name, colon, level_text = text.partition(":")
         if name not in _CODECS:
             choices = ", ".join(n for n in _CODECS if n != "deflate")
-            raise DnrtError(f"unknown compression {spec!r}; choose one of {choices} (optionally NAME:LEVEL)")
-        codec, attr, lossless, level = _CODECS[name]
-        if level_text:
-            try:
-                level = int(level_text)
-            except ValueError:
-                raise DnrtError(f"compression level in {spec!r} must be an integer") from None
-            if name == "none":
-                raise DnrtError("compression 'none' takes no level")
-        if attr is not None:
+            raise _usage(f"unknown compression {spec!r}; choose one of {choices} (optionally NAME:LEVEL)")
+        info = _CODECS[name]
+        level = info.default
+        if colon:
+            if info.levels is None:
+                raise _usage(f"compression {spec!r}: {name} takes no level")
+            if not _LEVEL.fullmatch(level_text.strip()):
+                raise _usage(f"compression level in {spec!r} must be an integer")
+            level = int(level_text)
+            low, high = info.levels
+            if not low <= level <= high:
+                raise _usage(f"compression {spec!r}: the {name} level must be {low} to {high}")
+        if check_available and info.attr is not None:
             import imagecodecs
 
-            if not getattr(getattr(imagecodecs, attr, None), "available", False):
+            if not getattr(getattr(imagecodecs, info.attr, None), "available", False):
                 raise DnrtError(f"compression {name!r} is not available in this imagecodecs build")
+        lossless = info.lossless
         if name == "webp" and level is not None and level < 100:
             lossless = False
+        self.spec = text
         self.name = name
-        self.codec = codec
+        self.level = level
+        self.explicit_level = bool(colon)
+        self.codec = info.tiff
         self.lossless = lossless
         self.args: dict[str, Any] = {}
         if name == "webp":
@@ -92,10 +136,36 @@ class Compression:
         elif level is not None:
             self.args = {"level": level}
         # Horizontal differencing helps every lossless general-purpose codec on images.
-        self.predictor = codec in ("zlib", "lzw", "zstd")
+        self.predictor = self.codec in ("zlib", "lzw", "zstd")
+
+    def pillow_options(self, fmt: str) -> dict[str, Any]:
+        """Pillow's save options for a ``"PNG"`` or ``"JPEG"`` output; DnrtError (exit 2) when
+        this compression does not apply to that format."""
+        if fmt == "JPEG":
+            if self.name == "jpeg":
+                return {"quality": self.level}
+            # Bare zlib is the CLI's and the API's default (for TIFF): it means "the default" here.
+            if self.name in ("zlib", "deflate") and not self.explicit_level:
+                return {"quality": _CODECS["jpeg"].default}
+            raise _usage(f"compression {self.spec!r} does not apply to a .jpg output (use jpeg:QUALITY)")
+        if self.name == "none":
+            return {"compress_level": 0}
+        if self.name in ("zlib", "deflate"):
+            return {"compress_level": 6 if self.level is None else self.level}
+        raise _usage(f"compression {self.spec!r} does not apply to a .png output (PNG is always zlib)")
 
     def __repr__(self) -> str:
         return f"Compression({self.name!r}, {self.args})"
+
+
+def check_compression(path: os.PathLike[str] | str, compression: str | None) -> Compression:
+    """Validate ``compression`` for the output ``path`` (by its suffix) before any work starts."""
+    if output_kind(path) == "pillow":
+        fmt = "PNG" if Path(path).suffix.lower() == ".png" else "JPEG"
+        parsed = Compression("zlib" if compression is None else compression, check_available=False)
+        parsed.pillow_options(fmt)
+        return parsed
+    return Compression(compression)
 
 
 class _Aborted(Exception):
@@ -155,6 +225,7 @@ class TileWriter:
         self._closed = False
         self._error: BaseException | None = None
 
+        remove_stale_temps(dest)  # left by a run that was killed (SIGKILL, power cut)
         self.temp = create_temp(dest)
         self._pyramid: PyramidBuilder | None = None
         try:
@@ -495,6 +566,7 @@ class PillowWriter:
             self._options["icc_profile"] = icc
         self._array = np.empty((height, width, channels), np.uint8)
         self._closed = False
+        remove_stale_temps(dest)  # left by a run that was killed (SIGKILL, power cut)
         self.temp = create_temp(dest)
         self._finalizer = weakref.finalize(self, _remove_all, [self.temp])
 
@@ -558,17 +630,8 @@ class PillowWriter:
 
 
 def _pillow_options(fmt: str, compression: str | None) -> dict[str, Any]:
-    name, _, level = (compression or "").lower().partition(":")
-    if fmt == "JPEG":
-        if name not in ("", "jpeg", "zlib"):  # zlib is the CLI default: ignore it for .jpg
-            raise DnrtError(f"compression {compression!r} does not apply to a .jpg output (use jpeg:QUALITY)")
-        quality = int(level) if (name == "jpeg" and level.isdigit()) else 90
-        return {"quality": quality}
-    if name not in ("", "zlib", "deflate", "none"):
-        raise DnrtError(f"compression {compression!r} does not apply to a .png output (PNG is always zlib)")
-    if name == "none":
-        return {"compress_level": 0}
-    return {"compress_level": int(level) if level.isdigit() else 6}
+    parsed = Compression("zlib" if compression is None else compression, check_available=False)
+    return parsed.pillow_options(fmt)
 
 
 def _dpi(resolution: Any, unit: Any) -> tuple[float, float] | None:

@@ -1,0 +1,92 @@
+"""Termination signals as exceptions, so that every exit path cleans up its temporary output.
+
+Python turns SIGINT (Ctrl-C) into KeyboardInterrupt, which unwinds the stack through every
+``except BaseException``/``finally`` that removes a temporary file or folder. SIGTERM (``kill``,
+a batch scheduler, ``docker stop``) and SIGHUP (a closed terminal or SSH session) would instead
+kill the process on the spot and leave the temporary beside the destination. Inside
+:func:`signals_interrupt` those signals raise :class:`Interrupted`, a KeyboardInterrupt, so they
+take the same path as Ctrl-C; the command-line tools then exit with ``128 + signal number``
+(130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), the shell convention.
+
+Only the command-line entry points install the handlers (a library must not take over its
+host's signals), only from the main thread, and never over a signal the process inherited as
+ignored (``nohup`` ignores SIGHUP; a shell's background job ignores SIGINT): that choice is the
+caller's. Once one signal has been turned into an exception, further ones are ignored until
+the block exits, so a second Ctrl-C or ``kill`` cannot cut the clean-up short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+#: The signals :func:`signals_interrupt` handles (SIGHUP does not exist on Windows).
+HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal received inside :func:`signals_interrupt`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:  # pragma: no cover - only the handled signals are raised
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def exit_code_of(exc: KeyboardInterrupt) -> int:
+    """128 + the signal that ended the run: 130 for a plain KeyboardInterrupt (SIGINT)."""
+    return exc.exit_code if isinstance(exc, Interrupted) else 128 + int(signal.SIGINT)
+
+
+def describe(exc: KeyboardInterrupt) -> str:
+    """``"interrupted"`` for Ctrl-C, ``"terminated (SIGTERM)"``/``"hung up (SIGHUP)"`` otherwise."""
+    if isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
+        verb = "hung up" if exc.signum == getattr(signal, "SIGHUP", None) else "terminated"
+        return f"{verb} ({exc.name})"
+    return "interrupted"
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
+
+    A no-op outside the main thread. The previous handlers are restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:  # already unwinding: let the clean-up finish
+            return
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous: dict[int, Any] = {}
+    try:
+        for signum in HANDLED:
+            current = signal.getsignal(signum)
+            if current is signal.SIG_IGN or current is None:
+                continue  # inherited as ignored (nohup, background job) or set outside Python
+            previous[signum] = current
+            signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, old in previous.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, old)

@@ -420,7 +420,9 @@ def test_ort_backend_refuses_unsafe_external_data(work: Path, bundle: Path, grap
     evil = _bundle_with_external(work, bundle, "/etc/passwd", graph)
     code, err = _translate(work / "in.tif", "-o", work / "o.tif", "-m", evil, "--backend", "ort")
     assert code == 1, err
-    assert len(err.strip().splitlines()) == 1 and "external data location '/etc/passwd'" in err, err
+    # ONNX Runtime's own refusal (dnrt does not import onnx on the runtime path: in an embedding
+    # C application that import would install a SIGINT handler), as one error line.
+    assert len(err.strip().splitlines()) == 1 and "external data location" in err, err
     assert not (work / "o.tif").exists()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 
@@ -231,7 +230,9 @@ class OrtBackend(Backend):
             options.enable_mem_pattern = False
             if _shared_cpu_arena():
                 options.add_session_config_entry("session.use_env_allocators", "1")
-        _check_graph_external_data(path)
+        # No dnrt check of external-data locations here: it needs the onnx package, whose import
+        # installs a SIGINT handler inside an embedding C application; ONNX Runtime itself
+        # refuses absolute and escaping locations (tests/test_hostile.py).
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=self._providers())
         except DnrtError:
@@ -342,20 +343,3 @@ class OrtBackend(Backend):
             },
         )
         return image
-
-
-def _check_graph_external_data(path: Path) -> None:
-    """Refuse external-data locations outside the bundle with dnrt's own line. Needs the onnx
-    package (not a runtime dependency); without it onnxruntime's own check applies (recent
-    versions refuse absolute and escaping locations too, with a longer message)."""
-    try:
-        import onnx
-    except ImportError:
-        return
-    from dnrt.bundle import check_external_data
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not parseable: onnxruntime reports it as "cannot load"
-        return
-    check_external_data(model, Path(path).parent, str(path))

@@ -289,8 +289,8 @@ def condition_neighbourhood(
 
 
 #: dnrt's default rule and ratio, chosen by measurement (docs/semantics.md section 8.1).
-DEGENERATE_DEFAULT = DegenerateRule.ISOLATE
-DEGENERATE_RATIO_DEFAULT = 0.25
+DEGENERATE_DEFAULT = DegenerateRule.SLIDE
+DEGENERATE_RATIO_DEFAULT = 0.5
 
 
 def check_degenerate(rule: DegenerateRule | str, ratio: float) -> DegenerateRule:
@@ -372,7 +372,7 @@ def check_map_sizes(tile: int, margin: int, strides: list[int]) -> list[int]:
         raise DnrtError(f"tile must be positive and margin non-negative (got tile={tile}, margin={margin})")
     if margin >= tile:
         raise DnrtError(
-            f"margin ({margin}) must be smaller than the tile ({tile}): it is a reflect pad of the tile"
+            f"margin ({margin}) must be smaller than the tile ({tile}): a margin reaches at most into the neighbouring tiles"
         )
     size = tile + 2 * margin
     sizes = []

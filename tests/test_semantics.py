@@ -320,20 +320,38 @@ def test_isolate_rule_replaces_entries_far_from_the_centre_by_the_centre() -> No
     np.testing.assert_array_equal(m, expected)
 
 
+def test_slide_rule_replaces_flat_entries_by_the_slide_statistics() -> None:
+    mean = _nbr([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    slide = (np.array([0.5]), np.array([0.8]))
+    m, s = S.condition_neighbourhood(mean, GLASS_NEXT_TO_TISSUE, "slide", 0.01, 0.25, slide)
+    # 0.001 (floored to 0.01) < 0.25 * 0.8: that entry alone takes the slide's moments.
+    assert s[0, 1, 2] == 0.8 and m[0, 1, 2] == 0.5
+    np.testing.assert_array_equal(np.delete(s.ravel(), 5), np.delete(GLASS_NEXT_TO_TISSUE.ravel(), 5))
+    np.testing.assert_array_equal(np.delete(m.ravel(), 5), np.delete(mean.ravel(), 5))
+    # The decision depends on the entry only: a tile sees its neighbour as the neighbour sees itself.
+    other = _nbr([[0.4, 0.4, 0.4], [0.4, 0.001, 0.4], [0.4, 0.4, 0.4]])
+    m2, s2 = S.condition_neighbourhood(mean, other, "slide", 0.01, 0.25, slide)
+    assert (s2[0, 1, 1], m2[0, 1, 1]) == (s[0, 1, 2], m[0, 1, 2])
+    with pytest.raises(DnrtError, match="slide-level statistics"):
+        S.condition_neighbourhood(mean, GLASS_NEXT_TO_TISSUE, "slide", 0.01, 0.25)
+
+
 def test_rules_leave_ordinary_neighbourhoods_alone() -> None:
     """Texture everywhere (stds within a factor 2): every rule equals the reference."""
     std = RNG.uniform(0.3, 0.6, (6, 3, 3))
     mean = RNG.normal(size=(6, 3, 3))
+    slide = (np.zeros(6), np.full(6, 0.5))
     for rule in S.DegenerateRule:
-        m, s = S.condition_neighbourhood(mean, std, rule, S.STD_FLOOR_DEFAULT, 0.25)
+        m, s = S.condition_neighbourhood(mean, std, rule, S.STD_FLOOR_DEFAULT, 0.25, slide)
         np.testing.assert_array_equal(m, mean)
         np.testing.assert_array_equal(s, std)
 
 
 def test_rules_keep_the_dtype() -> None:
     std = GLASS_NEXT_TO_TISSUE.astype(np.float32)
+    slide = (np.zeros(1, np.float32), np.ones(1, np.float32))
     for rule in S.DegenerateRule:
-        m, s = S.condition_neighbourhood(np.zeros_like(std), std, rule)
+        m, s = S.condition_neighbourhood(np.zeros_like(std), std, rule, slide=slide)
         assert m.dtype == np.float32 and s.dtype == np.float32
 
 

@@ -290,7 +290,7 @@ def condition_neighbourhood(
 
 #: dnrt's default rule and ratio, chosen by measurement (docs/semantics.md section 8.1).
 DEGENERATE_DEFAULT = DegenerateRule.SLIDE
-DEGENERATE_RATIO_DEFAULT = 0.5
+DEGENERATE_RATIO_DEFAULT = 0.6
 
 
 def check_degenerate(rule: DegenerateRule | str, ratio: float) -> DegenerateRule:

@@ -192,13 +192,19 @@ def _translate(backend: Backend, image: np.ndarray, **options) -> np.ndarray:
 # --------------------------------------------------------------------------- correctness
 
 
+#: dnrt's defaults, and the published pipeline's geometry and arithmetic (section 1's
+#: self-reflected margins, section 8's floor alone).
+CONFIGS = {"default": {}, "published": {"margin_source": "tile", "degenerate": "reference"}}
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_matches_reference(backend_factory: BackendFactory, mode: str, schedule: str) -> None:
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_matches_reference(backend_factory: BackendFactory, mode: str, schedule: str, config: str) -> None:
     image = _image(50, 70)  # 4 x 5 tiles, the last row and column partial
     backend = backend_factory()
-    got = _translate(backend, image, mode=mode, schedule=schedule, batch=1)
-    expected = reference_translate(backend_factory(), image, mode)
+    got = _translate(backend, image, mode=mode, schedule=schedule, batch=1, **CONFIGS[config])
+    expected = reference_translate(backend_factory(), image, mode, **CONFIGS[config])
     assert got.shape == image.shape
     if mode == "tin":
         # The streamed thumbnail differs from area_resize in the last float64 bits only.

@@ -11,6 +11,7 @@ import pytest
 
 from dnrt.data import synthetic as syn
 from dnrt.data.synthetic import GLASS_RGB, render_region, render_region_pair, sample_pairs
+from dnrt.errors import DnrtError
 
 # A slide big enough to have a tissue boundary, glass margins and several stain zones, but
 # the tests only ever render small regions of it.
@@ -218,3 +219,69 @@ def test_render_speed_report(capsys) -> None:
         print(
             f"\n[synthetic] H&E render 1024x1024 tissue: {1.048576 / wall:.1f} MP/s wall, {1.048576 / cpu:.1f} MP/s cpu"
         )
+
+
+# --------------------------------------------------------------------------- scanner conditions
+
+
+def test_scanner_noise_is_deterministic_and_tile_invariant() -> None:
+    scanner = syn.Scanner(noise=3.0)
+    y0, x0 = 613, 1031
+    whole = render_region(7, H, W, y0, y0 + 200, x0, x0 + 300, scanner=scanner)
+    assert np.array_equal(whole, render_region(7, H, W, y0, y0 + 200, x0, x0 + 300, scanner=scanner))
+    piece = render_region(7, H, W, y0 + 50, y0 + 120, x0 + 77, x0 + 150, scanner=scanner)
+    assert np.array_equal(piece, whole[50:120, 77:150])
+    clean = render_region(7, H, W, y0, y0 + 200, x0, x0 + 300).astype(float)
+    noise = whole.astype(float) - clean
+    assert 2.5 < noise.std() < 3.5 and abs(noise.mean()) < 0.2
+    other_seed = render_region(8, H, W, y0, y0 + 200, x0, x0 + 300, scanner=scanner).astype(float)
+    assert not np.array_equal(other_seed - render_region(8, H, W, y0, y0 + 200, x0, x0 + 300), noise)
+
+
+def test_white_balance_flattens_glass_to_255_and_keeps_tissue() -> None:
+    he_clean, ihc_clean = render_region_pair(0, H, W, 0, 400, 0, 600)
+    he, ihc = render_region_pair(0, H, W, 0, 400, 0, 600, scanner=syn.SCANNERS["scanner"])
+    glass = _glass_mask(he_clean)
+    assert glass.mean() > 0.2, "expected glass in this corner"
+    # Glass saturates to a flat 255 even with sensor noise (headroom above 255).
+    assert (he[glass] == 255).mean() > 0.99
+    # The ground truth gets the white balance, not the noise: its glass is exactly 255.
+    assert (ihc[_glass_mask(ihc_clean)] == 255).all()
+    # Tissue is brightened by the gain, not flattened.
+    tissue = ~glass
+    assert he[tissue].std() > 10 and he[tissue].mean() > he_clean[tissue].mean()
+
+
+def test_exposure_clips_bright_tissue() -> None:
+    clean = render_region(0, H, W, 800, 1000, 1000, 1300)
+    bright = render_region(0, H, W, 800, 1000, 1000, 1300, scanner=syn.Scanner(exposure=1.5))
+    assert (bright == 255).mean() > (clean == 255).mean() + 0.05
+
+
+def test_scanner_slide_has_jpeg_tiles_and_a_name(tmp_path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    scanner = syn.SCANNERS["scanner"]
+    he_path, ihc_path = syn.write_pair(tmp_path, 2, 300, 400, tile=128, scanner=scanner)
+    assert he_path.endswith("synthetic_s2_300x400_scanner_he.tif")
+    with tifffile.TiffFile(he_path) as tf:
+        assert tf.pages[0].compression == tifffile.COMPRESSION.JPEG
+        he = tf.pages[0].asarray()
+    with tifffile.TiffFile(ihc_path) as tf:
+        assert tf.pages[0].compression != tifffile.COMPRESSION.JPEG  # the truth stays lossless
+        ihc = tf.pages[0].asarray()
+    he_ref, ihc_ref = render_region_pair(2, 300, 400, 0, 300, 0, 400, scanner=scanner)
+    assert np.array_equal(ihc, ihc_ref)
+    # JPEG at quality 80: close to the rendering, not equal to it.
+    diff = np.abs(he.astype(int) - he_ref)
+    assert 0 < diff.mean() < 3
+
+
+def test_parse_scanner() -> None:
+    assert syn.parse_scanner("clean").clean and syn.parse_scanner(None).clean
+    assert syn.parse_scanner("scanner") == syn.SCANNERS["scanner"]
+    custom = syn.parse_scanner("noise=1.5+wb,jpeg=70")
+    assert custom == syn.Scanner(noise=1.5, white_balance=True, jpeg=70)
+    assert custom.name == "noise1.5-wb-jpeg70"
+    for bad in ("noise=x", "sharpen", "jpeg=0", "exposure=9", ""):
+        with pytest.raises(DnrtError):
+            syn.parse_scanner(bad)

@@ -16,7 +16,7 @@ def _num(x: Any) -> float:
 
 
 def plot_result(result: dict[str, Any], path: str | Path) -> Path:
-    """Draw the four panels into ``path`` (PNG, SVG or PDF by suffix)."""
+    """Draw the five panels into ``path`` (PNG, SVG or PDF by suffix)."""
     try:
         import matplotlib
 
@@ -29,7 +29,11 @@ def plot_result(result: dict[str, Any], path: str | Path) -> Path:
     modes = list(result["modes"])
     m = result["modes"]
     x = np.arange(len(modes))
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    fig, grid = plt.subplots(2, 3, figsize=(18, 9))
+    # Panels in reading order; the sixth cell stays empty.
+    axes = np.array([[grid[0, 0], grid[0, 1]], [grid[0, 2], grid[1, 0]]])
+    blocks_ax = grid[1, 1]
+    grid[1, 2].axis("off")
     backend = result["settings"]["backend"]
     first = next(iter(m.values()))
     img = result["image"]
@@ -111,9 +115,24 @@ def plot_result(result: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel("MAE vs whole-image inference (8-bit)")
         ax.set_title("difference from whole-image inference")
 
-    for ax in axes.ravel():
+    # 5. block colour errors: the slide-wide mean and the worst block (a blown-out tile)
+    ax = blocks_ax
+    gt = [(m[k].get("fidelity") or {}).get("vs_ground_truth") or {} for k in modes]
+    mean = [_num(g.get("colour_error")) for g in gt]
+    worst = [_num(g.get("worst_block_error")) for g in gt]
+    if not all(math.isnan(v) for v in worst):
+        ax.bar(x - 0.2, mean, 0.4, label="mean over 64 px blocks", color="tab:orange")
+        ax.bar(x + 0.2, worst, 0.4, label="worst block", color="tab:red")
+        for i, v in enumerate(worst):
+            if not math.isnan(v):
+                ax.annotate(f"{v:.0f}", (i + 0.2, v), ha="center", va="bottom", fontsize=8)
+        ax.legend(fontsize=8)
+    ax.set_ylabel("|block-mean colour error| vs ground truth (8-bit)")
+    ax.set_title("local colour: mean and worst 64 px block")
+
+    for ax in [*axes.ravel(), blocks_ax]:
         ax.set_xticks(x)
-        ax.set_xticklabels(modes, fontsize=8)
+        ax.set_xticklabels(modes, fontsize=8, rotation=30, ha="right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ Design:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import threading
@@ -140,6 +141,7 @@ class _Engine:
         self.outputs = [n for n in self.names if n not in self.inputs]
         self.device: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
         self.host: dict[str, np.ndarray] = {}  # pinned staging, viewed as numpy
+        self.pinned: dict[str, tuple[int, int]] = {}  # name -> (pinned pointer, bytes)
         self.lock = threading.Lock()
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
@@ -152,17 +154,24 @@ class _Engine:
         return ptr
 
     def _host_buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * 4
-        buf = self.host.get(name)
-        if buf is None or buf.nbytes < nbytes:
-            ptr = _check(self.cudart.cudaMallocHost(max(nbytes, 4)))
-            import ctypes
+        """A float32 view of ``shape`` on the pinned staging block of ``name``, grown as needed.
 
-            raw = (ctypes.c_byte * max(nbytes, 4)).from_address(int(ptr))
-            buf = np.frombuffer(raw, dtype=np.float32)
-            buf._dnrt_ptr = int(ptr)  # type: ignore[attr-defined]
-            self.host[name] = buf
-        return buf[: int(np.prod(shape))].reshape(shape)
+        numpy arrays take no new attributes, so the block's pointer is kept beside its view in
+        ``self.pinned``. A block is replaced only between runs (``run`` synchronises its stream
+        before returning), so no queued copy still reads the one freed here."""
+        count = int(np.prod(shape))
+        nbytes = max(count * 4, 4)
+        ptr, size = self.pinned.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                del self.host[name]
+                _check(self.cudart.cudaFreeHost(ptr))
+                self.pinned.pop(name)
+            ptr = _check(self.cudart.cudaMallocHost(nbytes))
+            self.pinned[name] = (int(ptr), nbytes)
+            raw = (ctypes.c_byte * nbytes).from_address(int(ptr))
+            self.host[name] = np.frombuffer(raw, dtype=np.float32)
+        return self.host[name][:count].reshape(shape)
 
     def run(
         self, feeds: dict[str, np.ndarray], wanted: Collection[str] | None = None
@@ -206,12 +215,16 @@ class _Engine:
 
     def close(self) -> None:
         cudart = self.cudart
+        # A run that failed half-way may have left copies queued on the stream: let them finish
+        # before their buffers go.
+        cudart.cudaStreamSynchronize(self.stream)
         for ptr, _ in self.device.values():
             cudart.cudaFree(ptr)
-        for buf in self.host.values():
-            cudart.cudaFreeHost(buf._dnrt_ptr)  # type: ignore[attr-defined]
-        self.device.clear()
         self.host.clear()
+        for ptr, _ in self.pinned.values():
+            cudart.cudaFreeHost(ptr)
+        self.device.clear()
+        self.pinned.clear()
         cudart.cudaEventDestroy(self.done)
         cudart.cudaStreamDestroy(self.stream)
         self.context = None

@@ -634,6 +634,12 @@ class IExecutionContext:
         stream = fake_cudart._streams.get(stream_handle)
         if stream is None:
             raise fake_cudart.FakeCudaMisuse(f"execute_async_v3: 0x{stream_handle:x} is not a live stream")
+        if fake_cudart._device() != self.engine._device:
+            # Kernels cannot be launched from a thread whose current device is another GPU.
+            raise fake_cudart.FakeCudaMisuse(
+                f"execute_async_v3: this thread's current device is {fake_cudart._device()}, "
+                f"the engine's {self.engine._device} (cudaSetDevice is per host thread)"
+            )
         header = self.engine._header
         missing = [n for n in self.engine._names() if n not in self._addresses]
         if missing:

@@ -286,3 +286,17 @@ def test_fake_cudart_is_asynchronous_and_insists_on_pinned_memory(fake_gpu) -> N
     ):
         _ok(result)
     assert int(cudart.cudaFree(dev)[0]) != 0  # a double free is an error
+
+
+@pytest.mark.parametrize("schedule", ["streaming", "two-pass"])
+def test_trt_on_the_second_gpu(
+    fake_gpu, monkeypatch, small_bundle_path, tissue, ort_results, schedule
+) -> None:
+    """The current CUDA device is per host thread: memory the scheduler's worker threads
+    allocate must still land on the backend's GPU."""
+    monkeypatch.setattr(fake_cudart, "DEVICE_COUNT", 2)
+    with Translator(
+        small_bundle_path, mode="dn", schedule=schedule, backend="trt", backend_options={"device_index": 1}
+    ) as t:
+        got = t.translate(tissue).astype(np.int16)
+    assert np.abs(got - ort_results["dn"]).max() <= 1

@@ -128,8 +128,9 @@ class Profile:
 class _Engine:
     """One deserialized engine with its execution context, stream and pinned buffers."""
 
-    def __init__(self, trt: Any, engine: Any, cudart: Any, label: str) -> None:
+    def __init__(self, trt: Any, engine: Any, cudart: Any, label: str, device_index: int = 0) -> None:
         self.trt = trt
+        self.device_index = device_index
         self.engine = engine
         self.cudart = cudart
         self.label = label
@@ -182,6 +183,10 @@ class _Engine:
         cudart = self.cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self.lock:
+            # The current device is per host thread, and the scheduler calls from its own threads:
+            # without this, buffers grown here would be allocated on (and kernels launched from)
+            # device 0 whatever device_index says.
+            _check(cudart.cudaSetDevice(self.device_index))
             for name in self.inputs:
                 array = np.ascontiguousarray(feeds[name], dtype=np.float32)
                 staged = self._host_buffer(name, array.shape)
@@ -215,6 +220,7 @@ class _Engine:
 
     def close(self) -> None:
         cudart = self.cudart
+        cudart.cudaSetDevice(self.device_index)
         # A run that failed half-way may have left copies queued on the stream: let them finish
         # before their buffers go.
         cudart.cudaStreamSynchronize(self.stream)
@@ -356,7 +362,7 @@ class TrtBackend(Backend):
         engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:
             raise DnrtError(f"could not deserialize {engine_path}; delete it to rebuild")
-        return _Engine(trt, engine, _cudart(), which)
+        return _Engine(trt, engine, _cudart(), which, self.device_index)
 
     def activate(self) -> None:
         try:

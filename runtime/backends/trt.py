@@ -24,6 +24,7 @@ Design:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import threading
@@ -127,8 +128,9 @@ class Profile:
 class _Engine:
     """One deserialized engine with its execution context, stream and pinned buffers."""
 
-    def __init__(self, trt: Any, engine: Any, cudart: Any, label: str) -> None:
+    def __init__(self, trt: Any, engine: Any, cudart: Any, label: str, device_index: int = 0) -> None:
         self.trt = trt
+        self.device_index = device_index
         self.engine = engine
         self.cudart = cudart
         self.label = label
@@ -140,6 +142,7 @@ class _Engine:
         self.outputs = [n for n in self.names if n not in self.inputs]
         self.device: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
         self.host: dict[str, np.ndarray] = {}  # pinned staging, viewed as numpy
+        self.pinned: dict[str, tuple[int, int]] = {}  # name -> (pinned pointer, bytes)
         self.lock = threading.Lock()
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
@@ -152,17 +155,24 @@ class _Engine:
         return ptr
 
     def _host_buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * 4
-        buf = self.host.get(name)
-        if buf is None or buf.nbytes < nbytes:
-            ptr = _check(self.cudart.cudaMallocHost(max(nbytes, 4)))
-            import ctypes
+        """A float32 view of ``shape`` on the pinned staging block of ``name``, grown as needed.
 
-            raw = (ctypes.c_byte * max(nbytes, 4)).from_address(int(ptr))
-            buf = np.frombuffer(raw, dtype=np.float32)
-            buf._dnrt_ptr = int(ptr)  # type: ignore[attr-defined]
-            self.host[name] = buf
-        return buf[: int(np.prod(shape))].reshape(shape)
+        numpy arrays take no new attributes, so the block's pointer is kept beside its view in
+        ``self.pinned``. A block is replaced only between runs (``run`` synchronises its stream
+        before returning), so no queued copy still reads the one freed here."""
+        count = int(np.prod(shape))
+        nbytes = max(count * 4, 4)
+        ptr, size = self.pinned.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                del self.host[name]
+                _check(self.cudart.cudaFreeHost(ptr))
+                self.pinned.pop(name)
+            ptr = _check(self.cudart.cudaMallocHost(nbytes))
+            self.pinned[name] = (int(ptr), nbytes)
+            raw = (ctypes.c_byte * nbytes).from_address(int(ptr))
+            self.host[name] = np.frombuffer(raw, dtype=np.float32)
+        return self.host[name][:count].reshape(shape)
 
     def run(
         self, feeds: dict[str, np.ndarray], wanted: Collection[str] | None = None
@@ -173,6 +183,10 @@ class _Engine:
         cudart = self.cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self.lock:
+            # The current device is per host thread, and the scheduler calls from its own threads:
+            # without this, buffers grown here would be allocated on (and kernels launched from)
+            # device 0 whatever device_index says.
+            _check(cudart.cudaSetDevice(self.device_index))
             for name in self.inputs:
                 array = np.ascontiguousarray(feeds[name], dtype=np.float32)
                 staged = self._host_buffer(name, array.shape)
@@ -206,12 +220,17 @@ class _Engine:
 
     def close(self) -> None:
         cudart = self.cudart
+        cudart.cudaSetDevice(self.device_index)
+        # A run that failed half-way may have left copies queued on the stream: let them finish
+        # before their buffers go.
+        cudart.cudaStreamSynchronize(self.stream)
         for ptr, _ in self.device.values():
             cudart.cudaFree(ptr)
-        for buf in self.host.values():
-            cudart.cudaFreeHost(buf._dnrt_ptr)  # type: ignore[attr-defined]
-        self.device.clear()
         self.host.clear()
+        for ptr, _ in self.pinned.values():
+            cudart.cudaFreeHost(ptr)
+        self.device.clear()
+        self.pinned.clear()
         cudart.cudaEventDestroy(self.done)
         cudart.cudaStreamDestroy(self.stream)
         self.context = None
@@ -343,7 +362,7 @@ class TrtBackend(Backend):
         engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:
             raise DnrtError(f"could not deserialize {engine_path}; delete it to rebuild")
-        return _Engine(trt, engine, _cudart(), which)
+        return _Engine(trt, engine, _cudart(), which, self.device_index)
 
     def activate(self) -> None:
         try:

@@ -41,6 +41,21 @@ COLLECT_GRAPH = "collect.onnx"
 DENSE_GRAPH = "dense.onnx"
 WEIGHTS = "weights.safetensors"
 
+#: How a generator's BatchNorm2d layers run (``export-model --batchnorm``): ``instance`` --
+#: per-sample statistics with BN's affine and eps, as pix2pix/CycleGAN's test.py runs them
+#: without --eval (IN/TIN/KIN/DN apply); ``eval`` -- running statistics folded into the
+#: convolutions (every mode gives the same output).
+BATCHNORM_MODES = ("instance", "eval")
+
+
+def check_batchnorm_mode(batchnorm: str) -> str:
+    """``batchnorm`` if it is one of BATCHNORM_MODES, else a DnrtError (exit 2: a usage error)."""
+    if batchnorm not in BATCHNORM_MODES:
+        raise DnrtError(
+            f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {batchnorm!r}", exit_code=2
+        )
+    return batchnorm
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -80,6 +95,9 @@ class Manifest:
     )
     source: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: One of BATCHNORM_MODES for a generator with batch norm, None without any. Bundles
+    #: from before the field: "eval" when the config says ``bn_folded`` (all they could be).
+    batchnorm: str | None = None
     dnrt_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -112,9 +130,25 @@ class Manifest:
             )
         try:
             data["layers"] = [LayerSpec(**layer) for layer in data["layers"]]
-            return cls(**data)
+            if "batchnorm" not in data:
+                config = data.get("config")
+                folded = isinstance(config, dict) and config.get("bn_folded") is True
+                data["batchnorm"] = "eval" if folded else None
+            manifest = cls(**data)
         except (KeyError, TypeError) as exc:
             raise DnrtError(f"bundle manifest is malformed: {exc}") from None
+        if manifest.batchnorm is not None and manifest.batchnorm not in BATCHNORM_MODES:
+            raise DnrtError(
+                f"bundle manifest is malformed: batchnorm must be null or one of "
+                f"{', '.join(BATCHNORM_MODES)}, got {manifest.batchnorm!r}"
+            )
+        folded = isinstance(manifest.config, dict) and manifest.config.get("bn_folded") is True
+        if folded and manifest.batchnorm != "eval":
+            raise DnrtError(
+                "bundle manifest is malformed: the config folds batch norm (bn_folded) "
+                f"but batchnorm is {manifest.batchnorm!r}, not 'eval'"
+            )
+        return manifest
 
 
 @dataclass

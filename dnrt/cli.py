@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from dnrt import __version__
+from dnrt.bundle import check_batchnorm_mode
 from dnrt.errors import DnrtError
 
 DEBUG_ENV = "DNRT_DEBUG"
@@ -92,6 +93,16 @@ def _export_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--opset", default=19, show_default=True, type=click.IntRange(min=1), help="ONNX opset (>= 19)."
         ),
+        click.option(
+            "--batchnorm",
+            default="instance",
+            show_default=True,
+            metavar="instance|eval",
+            # A plain string checked by the exporter, so a bad value is one error line (exit 2).
+            help="Batch-norm generators: 'instance' normalizes each tile with its own statistics "
+            "(BN's affine and eps), as pix2pix/CycleGAN's test.py without --eval, so IN/TIN/KIN/DN "
+            "apply; 'eval' folds BN's running statistics into the convolutions.",
+        ),
         click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check."),
         click.option("--overwrite", is_flag=True, help="Replace an existing bundle."),
         click.option("--quiet", is_flag=True, help="Print nothing but errors."),
@@ -110,11 +121,13 @@ def _run_export(
     tile: int,
     margin: int,
     opset: int,
+    batchnorm: str,
     no_validate: bool,
     overwrite: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
+    check_batchnorm_mode(batchnorm)  # before the checkpoint is read
     if not checkpoint.exists():
         raise DnrtError(f"checkpoint not found: {checkpoint}")
     try:
@@ -138,6 +151,7 @@ def _run_export(
         opset=opset,
         validate=not no_validate,
         overwrite=overwrite,
+        batchnorm=batchnorm,
         log=log,
     )
     m = result.manifest
@@ -146,6 +160,7 @@ def _run_export(
             "bundle": str(result.path),
             "architecture": m.architecture,
             "config": m.config,
+            "batchnorm": m.batchnorm,
             "dense_norm_nodes": len(m.layers),
             "channels": m.total_channels,
             "tile": m.tile,
@@ -190,6 +205,12 @@ def export_command(**kwargs: Any) -> None:
     _run_export(**kwargs)
 
 
+BATCHNORM_TEXT = {
+    "instance": "per-sample statistics with BN's affine and eps, as test.py without --eval",
+    "eval": "running statistics folded into the convolutions; every mode gives the same output",
+}
+
+
 def _size_text(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
@@ -213,6 +234,8 @@ def info_command(model: Path, as_json: bool) -> None:
     click.echo(f"channels      {m.in_channels} in, {m.out_channels} out")
     click.echo(f"tile          {m.tile} + margin {m.margin} (network input {m.tile + 2 * m.margin} px)")
     click.echo(f"norm layers   {len(m.layers)} ({m.total_channels} channels of statistics)")
+    if m.batchnorm is not None:
+        click.echo(f"batch norm    {m.batchnorm} ({BATCHNORM_TEXT[m.batchnorm]})")
     for layer, size in zip(m.layers, sizes, strict=False):
         fused = " +relu" if layer.activation == "relu" else ""
         affine = " affine" if layer.affine else ""

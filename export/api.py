@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnrt.bundle import Manifest
+from dnrt.bundle import Manifest, check_batchnorm_mode
 from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
 from dnrt.export.normswap import DnrtModel, convert, infer_in_channels
 from dnrt.export.op_schema import DEFAULT_OPSET
@@ -36,18 +36,25 @@ def export_module(
     notes: list[str] | None = None,
     validate: bool = True,
     overwrite: bool = False,
+    batchnorm: str = "instance",
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Convert ``module`` (any generator with InstanceNorm2d layers) and write a bundle.
 
-    The module's own weights are saved; the PyTorch backend can rebuild it only for
-    zoo architectures (``config`` given), other bundles run on ONNX Runtime/TensorRT.
+    BatchNorm2d layers run per sample with ``batchnorm="instance"`` and with their running
+    statistics with ``"eval"`` (:func:`dnrt.export.convert`). The module's own weights are
+    saved; the PyTorch backend can rebuild it only for zoo architectures (``config`` given),
+    other bundles run on ONNX Runtime/TensorRT.
     """
+    check_batchnorm_mode(batchnorm)
     out = Path(out)
     check_output_dir(out, overwrite)
     state_dict = {k: v.clone() for k, v in module.state_dict().items()}
     in_ch = in_channels or infer_in_channels(module)
-    model: DnrtModel = convert(module, in_ch)
+    model: DnrtModel = convert(module, in_ch, batchnorm=batchnorm)
+    recorded = model.batchnorm
+    if recorded is None and (config or {}).get("bn_folded") is True:
+        recorded = "eval"  # the zoo folded the batch norms before the swap
     manifest = Manifest(
         architecture=architecture,
         config=dict(config or {}),
@@ -59,6 +66,7 @@ def export_module(
         opset=opset,
         source=dict(source or {}),
         notes=list(notes or []),
+        batchnorm=recorded,
     )
     manifest, validation = write_bundle(
         model, out, manifest=manifest, state_dict=state_dict, validate=validate, overwrite=overwrite, log=log
@@ -84,13 +92,19 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     validate: bool = True,
     overwrite: bool = False,
+    batchnorm: str = "instance",
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    """Load a trained generator checkpoint (safely), swap its norms, write a bundle."""
+    """Load a trained generator checkpoint (safely), swap its norms, write a bundle.
+
+    ``batchnorm``: ``"instance"`` (per-sample statistics, as pix2pix/CycleGAN's test.py
+    without --eval) or ``"eval"`` (running statistics, folded) for batch-norm generators.
+    """
     from dnrt.export.checkpoint import load_generator
 
+    check_batchnorm_mode(batchnorm)
     check_output_dir(Path(out), overwrite)
-    module, name, config, info = load_generator(checkpoint, arch=arch, key=key)
+    module, name, config, info = load_generator(checkpoint, arch=arch, key=key, batchnorm=batchnorm)
     log(f"loaded {Path(checkpoint).name}: architecture {name} {config}")
     for note in info.notes:
         log(f"note: {note}")
@@ -113,5 +127,6 @@ def export_checkpoint(
         notes=info.notes,
         validate=validate,
         overwrite=overwrite,
+        batchnorm=batchnorm,
         log=log,
     )

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dnrt.bundle import check_batchnorm_mode
 from dnrt.errors import DnrtError
 
 from .zoo import ARCHITECTURES, describe_keys, detect_architecture, get_architecture
@@ -350,14 +351,21 @@ def _check_fit(module: nn.Module, state_dict: dict[str, Tensor], name: str, conf
 
 
 def load_generator(
-    path: str | os.PathLike[str], arch: str | None = None, key: str | None = None
+    path: str | os.PathLike[str],
+    arch: str | None = None,
+    key: str | None = None,
+    batchnorm: str = "instance",
 ) -> tuple[nn.Module, str, dict[str, Any], CheckpointInfo]:
     """Load a generator checkpoint: (module in eval mode, architecture name, config, info).
 
     The returned config rebuilds the returned module exactly: ``build_generator(name, config)``
-    then ``load_state_dict(module.state_dict())`` (for batch-norm generators the config
+    then ``load_state_dict(module.state_dict())``. A batch-norm generator keeps its
+    BatchNorm2d layers with ``batchnorm="instance"`` (``convert(module, batchnorm="instance")``
+    then runs them per sample; the module itself, in eval mode, would use the running
+    statistics) and has them folded into the convolutions with ``"eval"`` (the config then
     says ``bn_folded: true``, matching the folded module).
     """
+    check_batchnorm_mode(batchnorm)
     state_dict, info = load_state_dict(path, key)
     if arch is None:
         try:
@@ -388,7 +396,7 @@ def load_generator(
     _check_fit(module, mapped, name, config, info.path)
     module.load_state_dict(mapped, strict=True)
     module.eval()
-    config, notes = entry.finalize(module, config)
+    config, notes = entry.finalize(module, config, batchnorm)
     info.notes.extend(notes)
     return module, name, config, info
 

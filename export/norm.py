@@ -16,6 +16,7 @@ one node (domain ``dnrt``) instead of tracing through its arithmetic.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -139,7 +140,14 @@ class NormContext(threading.local):
 
 
 class DenseNorm2d(nn.Module):
-    """Replacement for ``nn.InstanceNorm2d`` that collects or applies tile statistics."""
+    """Replacement for ``nn.InstanceNorm2d`` that collects or applies tile statistics.
+
+    ``eps_scale`` scales the collect flavour's epsilon for this layer: 1 for an
+    InstanceNorm2d (the flavour's eps *is* IN's), ``bn.eps / IN_EPS`` for a BatchNorm2d run
+    per sample, so that IN's and TIN's flavours use the BatchNorm's own eps and KIN's and
+    DN's (eps 0) stay without one. The apply step's ``eps`` (DN's, added to the std before
+    the reciprocal) is not scaled.
+    """
 
     def __init__(
         self,
@@ -151,13 +159,17 @@ class DenseNorm2d(nn.Module):
         beta: Tensor | None = None,
         activation: str = "none",
         eps: float = DN_EPS,
+        eps_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not (eps_scale >= 0 and math.isfinite(eps_scale)):
+            raise ValueError(f"eps_scale must be a finite number >= 0, got {eps_scale}")
         self.channels = channels
         self.index = index
         self.offset = offset
         self.activation = activation
         self.eps = eps
+        self.eps_scale = float(eps_scale)
         self.affine = gamma is not None
         # Non-affine layers get identity parameters so the op always has five inputs.
         self.register_buffer("gamma", gamma.detach().clone() if gamma is not None else torch.ones(channels))
@@ -166,7 +178,10 @@ class DenseNorm2d(nn.Module):
         object.__setattr__(self, "context", context)
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, index={self.index}, offset={self.offset}, activation={self.activation}"
+        scale = f", eps_scale={self.eps_scale:g}" if self.eps_scale != 1.0 else ""
+        return (
+            f"{self.channels}, index={self.index}, offset={self.offset}, activation={self.activation}{scale}"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         ctx: NormContext = self.context  # type: ignore[assignment]
@@ -178,6 +193,8 @@ class DenseNorm2d(nn.Module):
         params = ctx.collect_params
         assert params is not None, "collect mode needs collect_params"
         ddof, eps, floor = params[0], params[1], params[2]
+        if self.eps_scale != 1.0:  # a BatchNorm2d's own eps (an InstanceNorm2d's graph is unchanged)
+            eps = eps * self.eps_scale
         h, w = x.shape[-2], x.shape[-1]
         # Statistics are float32 whatever the activation type (fp16 would lose the variance).
         out_dtype = x.dtype

@@ -4,6 +4,18 @@
 parameters kept), fuses a ReLU that directly follows a norm layer in the same
 ``nn.Sequential`` into it, and probes the model once to learn each layer's map
 stride and the order in which the forward pass reaches the layers.
+
+``nn.BatchNorm2d`` layers depend on ``batchnorm``:
+
+- ``"instance"`` (the default): each is swapped like an InstanceNorm2d, with the
+  BatchNorm's weight/bias as affine parameters and its eps where IN's applies; its
+  running statistics are unused. In IN mode this is exactly ``BatchNorm2d`` in training
+  mode on a batch of one image (biased variance, BN's eps) -- what pix2pix/CycleGAN's
+  ``test.py`` runs without ``--eval`` -- and TIN/KIN/DN apply to it.
+- ``"eval"``: left in place, in eval mode (running statistics); the zoo folds them into
+  the convolutions before converting.
+
+Dropout is always off (the model is put in eval mode).
 """
 
 from __future__ import annotations
@@ -13,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dnrt.bundle import LayerSpec
+from dnrt.bundle import LayerSpec, check_batchnorm_mode
 from dnrt.errors import DnrtError
 from dnrt.export.norm import DenseNorm2d, NormContext
+from dnrt.semantics import IN_EPS
 
 #: Probe input size: divisible by 64, so generators with up to 5 downsamplings pass it.
 PROBE_SIZE = 128
@@ -25,17 +38,25 @@ PROBE_SIZE = 128
 class _Swap:
     parent: nn.Module
     attr: str
-    norm: nn.InstanceNorm2d
+    norm: nn.InstanceNorm2d | nn.BatchNorm2d
     relu: tuple[nn.Module, str] | None
 
 
 class DnrtModel(nn.Module):
     """A generator whose norm layers are DenseNorm2d, with the two passes of a bundle."""
 
-    def __init__(self, generator: nn.Module, context: NormContext, layers: list[LayerSpec]) -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        context: NormContext,
+        layers: list[LayerSpec],
+        batchnorm: str | None = None,
+    ) -> None:
         super().__init__()
         self.generator = generator
         self.layers = layers
+        #: How the generator's BatchNorm2d layers run ("instance" | "eval"); None without any.
+        self.batchnorm = batchnorm
         object.__setattr__(self, "context", context)
 
     @property
@@ -67,12 +88,13 @@ class DnrtModel(nn.Module):
             ctx.mode = "collect"
 
 
-def _find_swaps(module: nn.Module) -> list[_Swap]:
+def _find_swaps(module: nn.Module, swap_batch_norms: bool) -> list[_Swap]:
+    kinds = (nn.InstanceNorm2d, nn.BatchNorm2d) if swap_batch_norms else (nn.InstanceNorm2d,)
     swaps: list[_Swap] = []
     for parent in module.modules():
         children = list(parent.named_children())
         for i, (attr, child) in enumerate(children):
-            if not isinstance(child, nn.InstanceNorm2d):
+            if not isinstance(child, kinds):
                 continue
             relu = None
             # Fuse only a ReLU that is the very next step of the same Sequential:
@@ -86,7 +108,7 @@ def _find_swaps(module: nn.Module) -> list[_Swap]:
 
 
 def _probe(
-    module: nn.Module, norms: list[nn.InstanceNorm2d], in_channels: int
+    module: nn.Module, norms: list[nn.InstanceNorm2d | nn.BatchNorm2d], in_channels: int
 ) -> tuple[list[int], list[int]]:
     """Run one forward pass; return the call order of ``norms`` and each one's stride."""
     order: list[int] = []
@@ -117,7 +139,7 @@ def _probe(
             handle.remove()
     missing = [i for i in range(len(norms)) if i not in strides]
     if missing:
-        raise DnrtError(f"{len(missing)} InstanceNorm2d layer(s) are never called by the forward pass")
+        raise DnrtError(f"{len(missing)} norm layer(s) are never called by the forward pass")
     return order, [strides[i] for i in order]
 
 
@@ -129,17 +151,20 @@ def infer_in_channels(module: nn.Module) -> int:
     raise DnrtError("cannot tell the generator's input channels: it has no convolution")
 
 
-def convert(module: nn.Module, in_channels: int | None = None) -> DnrtModel:
+def convert(module: nn.Module, in_channels: int | None = None, batchnorm: str = "instance") -> DnrtModel:
     """Swap ``module``'s InstanceNorm2d layers for DenseNorm2d and wrap it as a DnrtModel.
 
-    The module is modified in place and put in eval mode.
+    BatchNorm2d layers are swapped too with ``batchnorm="instance"`` and left alone with
+    ``"eval"`` (see the module docstring). The module is modified in place and put in eval mode.
     """
+    check_batchnorm_mode(batchnorm)
     module = module.eval()
     if in_channels is None:
         in_channels = infer_in_channels(module)
-    swaps = _find_swaps(module)
+    has_batch_norms = any(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+    swaps = _find_swaps(module, swap_batch_norms=batchnorm == "instance")
     for swap in swaps:
-        if swap.norm.track_running_stats:
+        if isinstance(swap.norm, nn.InstanceNorm2d) and swap.norm.track_running_stats:
             raise DnrtError(
                 f"{swap.attr}: InstanceNorm2d with track_running_stats=True uses running statistics at "
                 "inference, not instance statistics; dnrt cannot apply tile statistics to it"
@@ -156,14 +181,19 @@ def convert(module: nn.Module, in_channels: int | None = None) -> DnrtModel:
         gamma = norm.weight if norm.affine else None
         beta = norm.bias if norm.affine else None
         activation = "relu" if swap.relu is not None else "none"
-        dense = DenseNorm2d(norm.num_features, context, position, offset, gamma, beta, activation)
+        # An InstanceNorm2d normalizes with the runtime's IN eps (its own is not consulted);
+        # a BatchNorm2d run per sample keeps its own eps there.
+        eps_scale = norm.eps / IN_EPS if isinstance(norm, nn.BatchNorm2d) else 1.0
+        dense = DenseNorm2d(
+            norm.num_features, context, position, offset, gamma, beta, activation, eps_scale=eps_scale
+        )
         setattr(swap.parent, swap.attr, dense)
         if swap.relu is not None:
             setattr(swap.relu[0], swap.relu[1], nn.Identity())
         name = _qualified_name(module, norm, dense)
         layers.append(LayerSpec(name, norm.num_features, stride, offset, norm.affine, activation))
         offset += norm.num_features
-    return DnrtModel(module, context, layers).eval()
+    return DnrtModel(module, context, layers, batchnorm if has_batch_norms else None).eval()
 
 
 def _qualified_name(root: nn.Module, old: nn.Module, new: nn.Module) -> str:

@@ -313,7 +313,7 @@ def test_batch_norm_generator_is_folded(tmp_path: Path, name: str) -> None:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     torch.save({"G_A": original.state_dict()}, tmp_path / "bn.pth")
-    module, detected, config, info = load_generator(tmp_path / "bn.pth")
+    module, detected, config, info = load_generator(tmp_path / "bn.pth", batchnorm="eval")
     assert detected == name and config["norm"] == "batch" and config["bn_folded"] is True
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) for m in module.modules())
     assert torch.allclose(_run(module), _run(original), atol=1e-5)
@@ -324,6 +324,23 @@ def test_batch_norm_generator_is_folded(tmp_path: Path, name: str) -> None:
     rebuilt = build_generator(detected, config)
     rebuilt.load_state_dict(module.state_dict(), strict=True)
     assert torch.equal(_run(rebuilt), _run(module))
+
+
+@pytest.mark.parametrize("name", ["cyclegan", "cut"])
+def test_batch_norm_generator_is_kept_for_per_sample_statistics_by_default(tmp_path: Path, name: str) -> None:
+    original = _model(name, norm="batch", affine=True, use_dropout=True)
+    torch.save(original.state_dict(), tmp_path / "bn.pth")
+    module, detected, config, info = load_generator(tmp_path / "bn.pth")
+    assert detected == name and config["norm"] == "batch" and config["bn_folded"] is False
+    assert config["use_dropout"] is True
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in module.modules()) == 2 * 2 + 5
+    assert any("normalizes each sample with its own statistics" in n for n in info.notes)
+    assert any(n.startswith("dropout layers are off") for n in info.notes)
+    rebuilt = build_generator(detected, config)
+    rebuilt.load_state_dict(module.state_dict(), strict=True)
+    assert torch.equal(_run(rebuilt), _run(module))
+    with pytest.raises(DnrtError, match="--batchnorm must be one of instance, eval, got 'train'"):
+        load_generator(tmp_path / "bn.pth", batchnorm="train")
 
 
 def test_half_precision_weights_are_noted(tmp_path: Path) -> None:

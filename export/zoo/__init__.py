@@ -26,7 +26,9 @@ from .cyclegan import BlurDownsample, BlurUpsample, fold_batch_norms
 from .official import ResidualBlock, count_norm_layers
 
 
-def _no_finalize(module: nn.Module, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _no_finalize(
+    module: nn.Module, config: dict[str, Any], batchnorm: str = "instance"
+) -> tuple[dict[str, Any], list[str]]:
     return config, []
 
 
@@ -37,9 +39,10 @@ class Architecture:
     build: Callable[[dict[str, Any]], nn.Module]
     infer_config: Callable[[dict[str, Tensor]], dict[str, Any] | None]
     remap: Callable[[dict[str, Tensor]], dict[str, Tensor]]
-    # Runs once after strict loading (e.g. folds batch norms); returns the config that
-    # rebuilds the finalized module and notes for the user. Optional for new entries.
-    finalize: Callable[[nn.Module, dict[str, Any]], tuple[dict[str, Any], list[str]]] = _no_finalize
+    # Runs once after strict loading with the --batchnorm choice ("instance" | "eval"; e.g.
+    # folds batch norms for "eval"); returns the config that rebuilds the finalized module and
+    # notes for the user. Optional for new entries.
+    finalize: Callable[[nn.Module, dict[str, Any], str], tuple[dict[str, Any], list[str]]] = _no_finalize
 
 
 ARCHITECTURES: dict[str, Architecture] = {}

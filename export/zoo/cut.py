@@ -50,9 +50,11 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, Any] | None:
 remap = cyclegan.remap
 
 
-def finalize(module: nn.Module, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Batch-norm folding as for CycleGAN, plus a note when a checkpoint's blur is not the standard one."""
-    config, notes = cyclegan.finalize(module, config)
+def finalize(
+    module: nn.Module, config: dict[str, Any], batchnorm: str = "instance"
+) -> tuple[dict[str, Any], list[str]]:
+    """Batch norms as for CycleGAN, plus a note when a checkpoint's blur is not the standard one."""
+    config, notes = cyclegan.finalize(module, config, batchnorm)
     for name, sub in module.named_modules():
         if isinstance(sub, (cyclegan.BlurDownsample, cyclegan.BlurUpsample)):
             gain = 4 if isinstance(sub, cyclegan.BlurUpsample) else 1

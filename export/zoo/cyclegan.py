@@ -17,7 +17,10 @@ ReLU``. Its norm layers therefore see maps at strides 1, 1, 2, 4..., 2, 1 instea
 
 Convolutions carry a bias only with instance norm (``use_bias`` in the original code);
 a batch-norm checkpoint has conv weights without bias and BatchNorm2d parameters and
-running statistics at the norm positions. Residual-block padding ``reflect`` and
+running statistics at the norm positions. With dropout (pix2pix's default; BCI's
+PyramidPix2pix, github bupt-ai-cz/BCI, trains ``resnet_9blocks`` with ``--norm batch`` and
+dropout) each block's conv_block is ``0 pad, 1 conv, 2 norm, 3 ReLU, 4 Dropout, 5 pad,
+6 conv, 7 norm``: keys ``model.10..18.conv_block.{1,2,6,7}.*`` for 9 blocks. Residual-block padding ``reflect`` and
 ``replicate`` produce identical keys; ``reflect`` (the default of both code bases) is
 assumed.
 """
@@ -65,6 +68,12 @@ BATCH_NOTE = (
     "batch-norm generator: BN folded into convolutions; DN/KIN/TIN do not apply "
     "(no instance norm layers), all modes give the same output"
 )
+BATCH_INSTANCE_NOTE = (
+    "batch-norm generator: every BatchNorm2d normalizes each sample with its own statistics "
+    "(BN's weight/bias and eps; running statistics unused), as test.py without --eval runs it; "
+    "IN/TIN/KIN/DN apply (--batchnorm eval folds the running statistics instead)"
+)
+DROPOUT_NOTE = "dropout layers are off (identity), as in eval mode; test.py without --eval samples them"
 NONE_NOTE = (
     "generator without normalization layers: DN/KIN/TIN do not apply "
     "(no instance norm layers), all modes give the same output"
@@ -359,11 +368,17 @@ def fold_batch_norms(module: nn.Module) -> int:
     return folded
 
 
-def finalize(module: nn.Module, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """After strict loading: fold batch norms (config gains ``bn_folded``) and say when DN does not apply."""
+def finalize(
+    module: nn.Module, config: dict[str, Any], batchnorm: str = "instance"
+) -> tuple[dict[str, Any], list[str]]:
+    """After strict loading: with ``batchnorm="eval"`` fold batch norms (config gains
+    ``bn_folded``); with ``"instance"`` keep them for the norm swap. Notes say what happened."""
+    notes = [DROPOUT_NOTE] if config["use_dropout"] else []
     if config["norm"] == "batch" and not config["bn_folded"]:
-        fold_batch_norms(module)
-        return {**config, "bn_folded": True}, [BATCH_NOTE]
+        if batchnorm == "eval":
+            fold_batch_norms(module)
+            return {**config, "bn_folded": True}, [BATCH_NOTE, *notes]
+        return config, [BATCH_INSTANCE_NOTE, *notes]
     if config["norm"] == "none":
-        return config, [NONE_NOTE]
-    return config, []
+        return config, [NONE_NOTE, *notes]
+    return config, notes

@@ -108,7 +108,7 @@ class TorchBackend(Backend):
             raise DnrtError(
                 f"bundle weights do not fit architecture {m.architecture}: {str(exc).splitlines()[0]}"
             ) from None
-        model = convert(generator, m.in_channels)
+        model = convert(generator, m.in_channels, batchnorm=m.batchnorm or "eval")
         if [(ly.channels, ly.stride, ly.activation) for ly in model.layers] != [
             (ly.channels, ly.stride, ly.activation) for ly in m.layers
         ]:

@@ -250,6 +250,28 @@ def test_degenerate_rules_match_reference_and_stream_bit_identically(
         np.testing.assert_array_equal(outs["streaming"], expected)
 
 
+@pytest.mark.parametrize("rule", ["reference", "slide"])
+def test_degenerate_rules_match_reference_on_torch(small_bundle_path: Path, rule: str) -> None:
+    """The PyTorch backend gets the rule from the same tables: its translation equals the
+    brute-force one run on PyTorch (the rule lives on the table side, not in the op)."""
+    pytest.importorskip("torch")
+    from dnrt.runtime.backends import get_backend
+
+    bundle = load_bundle(small_bundle_path)
+
+    def factory() -> Backend:
+        backend = get_backend("torch", bundle, context={"threads": 1})
+        backend.activate()  # reference_translate calls it directly
+        return backend
+
+    image = _flat_next_to_texture(64, 96)
+    got = _translate(factory(), image, mode="dn", batch=2, degenerate=rule)
+    expected = reference_translate(
+        factory(), image, "dn", tile=bundle.manifest.tile, margin=bundle.manifest.margin, degenerate=rule
+    )
+    assert np.abs(got.astype(int) - expected).max() <= (1 if rule == "slide" else 0)
+
+
 def test_degenerate_rules_act_on_flat_regions() -> None:
     """Guards the test above: on this image every rule gives a different output."""
     image = _flat_next_to_texture()

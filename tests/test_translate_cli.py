@@ -106,6 +106,12 @@ def test_json_report(work: Path, bundle: Path) -> None:
     assert (report["height"], report["width"], report["tile"], report["margin"]) == (70, 90, 8, 2)
     assert (report["rows"], report["cols"], report["tiles"]) == (9, 12, 108)
     assert report["mode"] == "dn" and report["schedule"] == "streaming"
+    # dnrt's defaults, said in the report.
+    assert (report["margin_source"], report["degenerate"], report["degenerate_ratio"]) == (
+        "image",
+        "slide",
+        0.6,
+    )
     assert set(report["seconds"]) == {"read", "thumbnail", "collect", "infer", "write", "total"}
     assert report["peak_rss_mb"] > 0 and report["megapixels_per_s"] > 0
     assert report["output"].endswith("out.tif")
@@ -221,6 +227,11 @@ def test_bad_options(work: Path, bundle: Path) -> None:
     _expect_error(work, [inp, "-o", work / "missing-folder" / "o.tif", *m], "does not exist")
     _expect_error(work, [inp, "-o", work / "out.xyz", *m], "suffix")
     _expect_error(work, [inp, "-o", inp, *m, "--overwrite"], "input")
+    # The fidelity options (issue 12): margins the tile or the map sizes refuse, unknown rules.
+    _expect_error(work, [inp, "-o", out, *m, "--margin", "40"], "smaller than the tile")
+    _expect_error(work, [inp, "-o", out, *m, "--margin-source", "zeros"], "'--margin-source'", code=2)
+    _expect_error(work, [inp, "-o", out, *m, "--degenerate", "median"], "'--degenerate'", code=2)
+    _expect_error(work, [inp, "-o", out, *m, "--degenerate-ratio", "0"], "'--degenerate-ratio'", code=2)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")

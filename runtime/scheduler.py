@@ -432,18 +432,6 @@ class Scheduler:
         else:
             self._streaming(sink)
         return self.times
-        if isinstance(self.stats, DenseStats) and self.stats.needs_slide_statistics:
-            # Both schedules compute the same thumbnail first, so they stay bit-identical.
-            self.stats.slide = self._thumbnail_moments()
-        if mode is Mode.IN:
-            pass
-        elif self.options.schedule == "two-pass":
-            self._two_pass(sink)
-        elif self.overlap:
-            self._streaming_overlapped(sink)
-        else:
-            self._streaming(sink)
-        return self.times
 
     def _single_pass(self, sink: Sink, collect: bool) -> None:
         reader = self._reader()

@@ -84,7 +84,7 @@ class Manifest:
     margin: int = 16
     opset: int = 18
     dn_eps: float = 1e-7
-    #: Std flavour collected by each mode (dn-semantics.md section 2), for the record.
+    #: Std flavour collected by each mode (docs/semantics.md section 2), for the record.
     std_flavours: dict[str, str] = field(
         default_factory=lambda: {
             "in": "biased, sqrt(var + 1e-5)",

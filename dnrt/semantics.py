@@ -1,8 +1,8 @@
-"""Numpy reference of the normalization math in ``shared/docs/dn-semantics.md``.
+"""Numpy reference of the normalization math in ``docs/semantics.md``.
 
 Every backend (ONNX Runtime, PyTorch, the CUDA kernel, TensorRT) is tested
 against the functions here, so they are written for clarity and exactness
-(float64 inside), not for speed. Section numbers refer to dn-semantics.md.
+(float64 inside), not for speed. Section numbers refer to docs/semantics.md.
 """
 
 from __future__ import annotations

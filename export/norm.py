@@ -28,7 +28,7 @@ from dnrt.semantics import DN_EPS
 
 
 def axis_weights(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``[n, 3]`` weights of the previous/own/next tile along one axis (dn-semantics 4.4)."""
+    """``[n, 3]`` weights of the previous/own/next tile along one axis (docs/semantics.md 4.4)."""
     p = torch.arange(n, device=device, dtype=dtype) + 0.5
     d = (p - n / 2) / n
     before = torch.clamp(-d, min=0)

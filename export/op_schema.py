@@ -124,7 +124,7 @@ def function_proto(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
         # Means: [H,3] @ [N,C,3,3] @ [3,W] -> [N,C,H,W].
         helper.make_node("MatMul", [wy, "Mean"], ["mu_h"]),
         helper.make_node("MatMul", ["mu_h", "wxt"], ["mu"]),
-        # Reciprocal std, interpolated as a reciprocal (dn-semantics 4.3), gamma folded in.
+        # Reciprocal std, interpolated as a reciprocal (docs/semantics.md 4.3), gamma folded in.
         helper.make_node("Add", ["Std", "eps_v"], ["std_e"]),
         helper.make_node("Reciprocal", ["std_e"], ["rstd"]),
         helper.make_node("Reshape", ["Gamma", "cxx"], ["gamma_c"]),

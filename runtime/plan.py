@@ -1,4 +1,4 @@
-"""The tile plan: which pixels every tile of the grid reads (dn-semantics.md section 1).
+"""The tile plan: which pixels every tile of the grid reads (docs/semantics.md section 1).
 
 The image is cut into ``R x Q`` tiles of ``T x T`` with stride ``T``. It is
 *virtually* reflect-padded at the bottom and right to ``R*T x Q*T`` (repeated

@@ -1,4 +1,4 @@
-"""Schedules: the order in which tiles go through the two graphs (dn-semantics.md section 5).
+"""Schedules: the order in which tiles go through the two graphs (docs/semantics.md section 5).
 
 The scheduler is a small pipeline of stages, each in its own thread where that
 lets the model keep working:

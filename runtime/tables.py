@@ -1,6 +1,6 @@
 """Statistics tables and the 3x3 neighbourhoods each mode feeds the DenseNorm graph.
 
-One DenseNorm op serves TIN, KIN and DN (dn-semantics.md section 4.5); what
+One DenseNorm op serves TIN, KIN and DN (docs/semantics.md section 4.5); what
 differs is where its ``nbr_mean``/``nbr_std [n, L, 3, 3]`` inputs come from:
 
 - DN  (:class:`DenseStats`):  the real 3x3 neighbourhood of tile statistics.

@@ -199,7 +199,7 @@ def test_dense_pixel_is_the_loop_body(host):
 
 
 def test_constant_neighbourhood_is_plain_normalization(host):
-    """Nine equal entries (how TIN and KIN use the op, dn-semantics 4.5): y = (x - m) / sigma."""
+    """Nine equal entries (how TIN and KIN use the op, docs/semantics.md 4.5): y = (x - m) / sigma."""
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 3, 8, 12)).astype(np.float32)
     m = rng.normal(size=(2, 3))
@@ -263,7 +263,7 @@ def test_collect_is_accurate_far_from_zero(host, offset, spread):
 
 
 def test_collect_constant_plane_is_floored(host):
-    """A flat tile (dn-semantics 8): std = sqrt(eps) for IN, the floor for KIN/DN; y = beta, finite."""
+    """A flat tile (docs/semantics.md 8): std = sqrt(eps) for IN, the floor for KIN/DN; y = beta, finite."""
     x = np.full((1, 2, 8, 8), 0.7, np.float32)
     beta = np.array([0.25, -1.0], np.float32)
     for mode in MODES:

@@ -1,4 +1,4 @@
-"""Tile plan geometry and statistics tables against the plain reference of dn-semantics.md."""
+"""Tile plan geometry and statistics tables against the plain reference of docs/semantics.md."""
 
 from __future__ import annotations
 

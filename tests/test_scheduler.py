@@ -1,4 +1,4 @@
-"""Schedules against a brute-force translation written straight from dn-semantics.md.
+"""Schedules against a brute-force translation written straight from docs/semantics.md.
 
 Every test takes a ``backend_factory`` fixture so the same checks run on each
 backend: the numpy toy (``fake``) and the same toy exported to ONNX and run by
@@ -101,7 +101,7 @@ def reference_translate(
     degenerate: str = DEGENERATE_DEFAULT.value,
     degenerate_ratio: float = DEGENERATE_RATIO_DEFAULT,
 ) -> np.ndarray:
-    """dn-semantics.md sections 1-4 and 8, one tile at a time, no cleverness."""
+    """docs/semantics.md sections 1-4 and 8, one tile at a time, no cleverness."""
     h, w = image.shape[:2]
     rows, cols = -(-h // tile), -(-w // tile)
     padded = np.pad(image, ((0, rows * tile - h), (0, cols * tile - w), (0, 0)), mode="reflect")

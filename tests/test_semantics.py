@@ -1,4 +1,4 @@
-"""Pin the normalization math of dn-semantics.md in dnrt.semantics (the reference)."""
+"""Pin the normalization math of docs/semantics.md in dnrt.semantics (the reference)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ RNG = np.random.default_rng(1234)
 
 
 def brute_force_pixel(nbr: np.ndarray, h: int, w: int, i: int, j: int) -> float:
-    """dn-semantics.md 4.4 written out literally for one pixel of one channel."""
+    """docs/semantics.md 4.4 written out literally for one pixel of one channel."""
     py, px = i + 0.5, j + 0.5
     if py < h / 2:
         a, wy = 0, (h / 2 - py) / h

@@ -76,7 +76,7 @@ MODE_SPECS: dict[str, ModeSpec] = {
 }
 MODE_ALIASES = {"dn": "dn-streaming", "dn-one-stage": "dn-streaming", "dn-2pass": "dn-two-pass"}
 
-#: Table S1 of the DN paper (dn-semantics.md section 7): one 4,302 x 3,024 image, RTX 3090,
+#: Table S1 of the DN paper (docs/semantics.md section 7): one 4,302 x 3,024 image, RTX 3090,
 #: PyTorch fp32, the official generator (64 features, 9 blocks), T = 512.
 PAPER_TABLE_S1: dict[str, dict[str, Any]] = {
     "in": {"label": "IN (patch-wise)", "runtime_s": 2.46, "gpu_mb": 2951},

@@ -2,7 +2,7 @@
 
     python -m dnrt.data.train_demo --out dnrt/data/demo_generator.safetensors
 
-The model is the official DN generator (dn-semantics.md section 6) with plain InstanceNorm2d
+The model is the official DN generator (docs/semantics.md section 6) with plain InstanceNorm2d
 layers, i.e. exactly what users train; Dense Normalization is applied at inference by the norm
 swap of the exporter. Training is supervised L1 on aligned (H&E, IHC) patches rendered by
 ``dnrt.data.synthetic`` from several virtual slides (different seeds and sizes, patches drawn

@@ -1,4 +1,4 @@
-"""The generator of the official DN / KIN code base (dn-semantics.md section 6).
+"""The generator of the official DN / KIN code base (docs/semantics.md section 6).
 
 The module tree reproduces the checkpoint's key names exactly, so an official
 ``<epoch>_G.pth`` loads with no key remapping. Everything is built from

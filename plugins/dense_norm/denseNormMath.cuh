@@ -6,7 +6,7 @@
  *
  * Everything here is a __host__ __device__ inline function, so CI without a GPU tests
  * exactly the arithmetic the GPU runs. The semantics are those of
- * shared/docs/dn-semantics.md (section 4: reference geometry; section 2: collect
+ * docs/semantics.md (section 4: reference geometry; section 2: collect
  * flavours) and of dnrt/semantics.py.
  *
  * Bit-for-bit host/device agreement: every multiply-add that matters is an explicit
@@ -52,7 +52,7 @@ DNRT_HD float axisStep(int n)
     return static_cast<float>(1.0 / (2.0 * static_cast<double>(n)));
 }
 
-//! Reference geometry (dn-semantics.md 4.4): pixel i sits at i + 0.5, the tile centre at n / 2,
+//! Reference geometry (docs/semantics.md 4.4): pixel i sits at i + 0.5, the tile centre at n / 2,
 //! the neighbouring centres n pixels away, so the weight of the other neighbour is
 //! |i + 0.5 - n / 2| / n = |2 i + 1 - n| / (2 n). For even n the numerator is odd, hence never 0:
 //! every pixel blends with exactly one side.
@@ -241,7 +241,7 @@ struct OwnCoeffs
     float beta;
 };
 
-//! std = max(sqrt(m2 / (n - ddof) + eps), floor) in double (dn-semantics.md section 2 and 8).
+//! std = max(sqrt(m2 / (n - ddof) + eps), floor) in double (docs/semantics.md section 2 and 8).
 //! The moments were taken of x - pivot (see collectPivot); the mean gets the pivot back here.
 //! A NaN std stays NaN (like numpy's maximum), so broken inputs stay visible.
 DNRT_HD void finalizeMoments(MomentsD m, float pivot, int ddof, double eps, double stdFloor, float gamma,

@@ -250,12 +250,17 @@ class DegenerateRule(str, enum.Enum):
     SLIDE = "slide"
 
 
+#: dnrt's default rule and ratio, chosen by measurement (docs/semantics.md section 8.1).
+DEGENERATE_DEFAULT = DegenerateRule.SLIDE
+DEGENERATE_RATIO_DEFAULT = 0.6
+
+
 def condition_neighbourhood(
     nbr_mean: np.ndarray,
     nbr_std: np.ndarray,
     rule: DegenerateRule | str = DegenerateRule.REFERENCE,
     floor: float = STD_FLOOR_DEFAULT,
-    ratio: float = 0.25,
+    ratio: float = DEGENERATE_RATIO_DEFAULT,
     slide: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply a :class:`DegenerateRule` to neighbourhoods ``[..., C, 3, 3]``; returns (mean, std).
@@ -286,11 +291,6 @@ def condition_neighbourhood(
     if rule is DegenerateRule.RELATIVE_FLOOR:
         return mean, np.maximum(std, top)
     return mean, np.where(std < top, np.asarray(np.inf, dtype=std.dtype), std)
-
-
-#: dnrt's default rule and ratio, chosen by measurement (docs/semantics.md section 8.1).
-DEGENERATE_DEFAULT = DegenerateRule.SLIDE
-DEGENERATE_RATIO_DEFAULT = 0.6
 
 
 def check_degenerate(rule: DegenerateRule | str, ratio: float) -> DegenerateRule:

@@ -163,7 +163,7 @@ def bench_command(
         if image is not None and not image.exists():
             raise DnrtError(f"image not found: {image}")
         from dnrt.data.synthetic import parse_scanner
-        from dnrt.semantics import check_degenerate
+        from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, check_degenerate
 
         scanners = [v.strip() for v in scanner.split(",") if v.strip()] or ["clean"]
         if image is not None and scanners != ["clean"]:
@@ -173,7 +173,8 @@ def bench_command(
         if degenerate is not None or degenerate_ratio is not None:
             try:
                 check_degenerate(
-                    degenerate or "reference", 0.5 if degenerate_ratio is None else degenerate_ratio
+                    degenerate or DEGENERATE_DEFAULT,
+                    DEGENERATE_RATIO_DEFAULT if degenerate_ratio is None else degenerate_ratio,
                 )
             except DnrtError as exc:
                 raise DnrtError(str(exc), exit_code=2) from None

@@ -102,7 +102,7 @@ def mode_spec(name: str) -> ModeSpec:
     """The spec of a mode name: one of ``MODE_SPECS``, or a DN one with a degenerate-statistics
     rule of its own, ``dn-streaming:RULE`` or ``dn-streaming:RULE=RATIO`` (rules compared side
     by side in one run)."""
-    from dnrt.semantics import check_degenerate
+    from dnrt.semantics import DEGENERATE_RATIO_DEFAULT, check_degenerate
 
     base, _, variant = name.partition(":")
     base = MODE_ALIASES.get(base, base)
@@ -116,7 +116,7 @@ def mode_spec(name: str) -> ModeSpec:
     rule, _, ratio_text = variant.partition("=")
     try:
         ratio = float(ratio_text) if ratio_text else None
-        check_degenerate(rule, 0.5 if ratio is None else ratio)
+        check_degenerate(rule, DEGENERATE_RATIO_DEFAULT if ratio is None else ratio)
     except (ValueError, DnrtError) as exc:
         raise DnrtError(f"mode {name!r}: {exc}", exit_code=2) from None
     label = f"{spec.label}, {rule}" + (f" {ratio:g}" if ratio is not None else "")

@@ -376,16 +376,23 @@ class Translator:
         output: str | os.PathLike,
         *,
         compression: str = "zlib",
-        pyramid: bool = False,
+        pyramid: bool | None = None,
         overwrite: bool = False,
         writer_tile: int = 512,
+        output_format: str | None = None,
     ) -> TranslateReport:
-        """Translate an image file into a tiled (Big)TIFF; the output appears only when complete."""
+        """Translate an image file into a tiled (Big)TIFF; the output appears only when complete.
+
+        ``pyramid``: None (default) adds reduced levels to slide-sized outputs only; ``output_format``
+        ``"tiff"`` or ``"ome-tiff"`` (None: by the name, ``.ome.tif`` is OME-TIFF).
+        """
         from dnrt.runtime.io import check_output_path, open_image
 
         check_output_path(output, overwrite, input_path=input)
         with open_image(input) as source:
-            return self._translate_source(source, input, output, compression, pyramid, overwrite, writer_tile)
+            return self._translate_source(
+                source, input, output, compression, pyramid, overwrite, writer_tile, output_format
+            )
 
     def _translate_source(
         self,
@@ -393,14 +400,17 @@ class Translator:
         input: str | os.PathLike,
         output: str | os.PathLike,
         compression: str,
-        pyramid: bool,
+        pyramid: bool | None,
         overwrite: bool,
         writer_tile: int,
+        output_format: str | None = None,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
         from dnrt.runtime.io.writer import check_compression
+        from dnrt.runtime.io.writer import output_format as check_format
 
         # Everything that can be refused is refused before the output file is created.
+        check_format(output, output_format)
         check_compression(output, compression)
         self._check_source(source)
         TilePlan.create(
@@ -422,6 +432,7 @@ class Translator:
             pyramid=pyramid,
             source=source,
             overwrite=overwrite,
+            fmt=output_format,
         )
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
@@ -437,12 +448,17 @@ def translate(
     model: str | os.PathLike | Bundle | None = None,
     *,
     compression: str = "zlib",
-    pyramid: bool = False,
+    pyramid: bool | None = None,
     overwrite: bool = False,
     writer_tile: int = 512,
+    output_format: str | None = None,
     **options: Any,
 ) -> TranslateReport:
     """Translate the image file ``input`` into ``output`` (tiled BigTIFF, or PNG/JPEG) with a bundle.
+
+    ``pyramid``: None (default) adds reduced levels to slide-sized outputs only (either side over
+    4 writer tiles), True always, False never. ``output_format``: ``"tiff"`` or ``"ome-tiff"``
+    (None: by the name, ``.ome.tif``/``.ome.tiff`` is OME-TIFF).
 
     ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, margin_source,
     batch, kin_kernel, kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads,
@@ -456,7 +472,7 @@ def translate(
         translator = Translator(model, **options)
         try:
             return translator._translate_source(
-                source, input, output, compression, pyramid, overwrite, writer_tile
+                source, input, output, compression, pyramid, overwrite, writer_tile, output_format
             )
         finally:
             translator.close()

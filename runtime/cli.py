@@ -82,7 +82,7 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output image (.tif: tiled BigTIFF).",
+    help="Output image (.tif: tiled BigTIFF; .ome.tif: OME-TIFF; .png/.jpg for small images).",
 )
 @click.option(
     "-m",
@@ -185,7 +185,20 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     show_default=True,
     help="Output TIFF compression: zlib, none, lzw, zstd, jpeg, webp (NAME:LEVEL allowed).",
 )
-@click.option("--pyramid", is_flag=True, help="Add reduced-resolution levels (OpenSlide/QuPath readable).")
+# Slide outputs (issue 17): the default pyramid and the output format.
+@click.option(
+    "--pyramid/--no-pyramid",
+    default=None,
+    help="Reduced-resolution levels for viewers (OpenSlide, QuPath, libvips) "
+    "[default: for slide-sized outputs, a side over 4 writer tiles (2048 px)].",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(("tiff", "ome-tiff"), case_sensitive=False),
+    help="TIFF output layout: tiff (levels in the main IFD chain, Aperio-style metadata) or ome-tiff "
+    "(OME-XML, levels as SubIFDs) [default: by the name, .ome.tif is ome-tiff].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
@@ -210,7 +223,8 @@ def translate_command(
     precision: str,
     device_index: int,
     compression: str,
-    pyramid: bool,
+    pyramid: bool | None,
+    output_format: str | None,
     overwrite: bool,
     quiet: bool,
     as_json: bool,
@@ -247,6 +261,7 @@ def translate_command(
                 backend_options=_backend_options(precision.lower(), device_index),
                 compression=compression,
                 pyramid=pyramid,
+                output_format=output_format.lower() if output_format else None,
                 overwrite=overwrite,
                 progress=False if quiet else None,
             )

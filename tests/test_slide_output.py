@@ -343,3 +343,64 @@ def _vips_load(folder: Path, loader: str, path: Path, *options: str) -> np.ndarr
     assert result.returncode == 0, f"{' '.join(cmd)}: {result.stderr.strip()}"
     with Image.open(out) as img:
         return np.asarray(img)
+
+
+# -- trt-translate end to end -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from fakes import write_toy_bundle
+
+    return write_toy_bundle(tmp_path_factory.mktemp("bundle") / "toy")
+
+
+def _cli(*args: str | Path) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from dnrt.runtime.cli import translate_command
+
+    result = CliRunner().invoke(translate_command, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stderr
+
+
+def test_cli_slide_metadata_pyramid_and_formats(toy_bundle: Path, tmp_path: Path) -> None:
+    """An SVS-like input (Aperio AppMag and MPP, no resolution tags) 2100 px wide: the output gets
+    levels by default, the input's pixel size and objective power, and OME-TIFF by name."""
+    openslide = _openslide()
+    source = tmp_path / "in.tif"
+    description = "Aperio Image Library v12.0.15\r\n2100x48 (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.25"
+    tifffile.imwrite(
+        source, noisy(48, 2100, seed=5), photometric="rgb", tile=(32, 32), description=description
+    )
+    with open_image(source) as src:
+        assert src.objective_power == 40.0 and src.resolution == pytest.approx((40000.0, 40000.0))
+    common = ("-m", toy_bundle, "--backend", "ort", "-q")
+
+    assert _cli(source, "-o", tmp_path / "out.tif", *common) == (0, "")
+    with openslide.OpenSlide(str(tmp_path / "out.tif")) as slide:
+        assert slide.level_dimensions == ((2100, 48), (1050, 24), (525, 12), (263, 6))
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.25)
+        assert float(slide.properties["openslide.objective-power"]) == 40.0
+        translated = np.asarray(slide.read_region((0, 0), 0, (2100, 48)))[..., :3]
+
+    assert _cli(source, "-o", tmp_path / "flat.tif", "--no-pyramid", *common) == (0, "")
+    with openslide.OpenSlide(str(tmp_path / "flat.tif")) as slide:
+        assert slide.level_count == 1 and float(slide.properties["openslide.mpp-y"]) == pytest.approx(0.25)
+
+    assert _cli(source, "-o", tmp_path / "out.ome.tif", *common) == (0, "")
+    with tifffile.TiffFile(tmp_path / "out.ome.tif") as tif:
+        assert tif.is_ome and [lv.shape[:2] for lv in tif.series[0].levels][-1] == (6, 263)
+        np.testing.assert_array_equal(tif.series[0].asarray(), translated)
+        root, pixels = _ome_pixels(tif.ome_metadata)
+        assert float(pixels.attrib["PhysicalSizeX"]) == 0.25
+        tag = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
+        assert float(next(root.iter(tag + "Objective")).attrib["NominalMagnification"]) == 40.0
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = _cli(source, "-o", tmp_path / "bad.ome.tif", "--format", "tiff", *common)
+    assert code == 2 and err.startswith("error: output") and "named as an OME-TIFF" in err
+    assert len(err.strip().splitlines()) == 1
+    code, err = _cli(source, "-o", tmp_path / "bad.png", "--format", "ome-tiff", *common)
+    assert code == 2 and "needs a TIFF output" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temporaries

@@ -189,6 +189,9 @@ def run_translate(spec: dict[str, Any]) -> dict[str, Any]:
             spec["output"],
             spec["model"],
             compression=spec.get("compression", "zlib"),
+            # Level 0 only unless asked, as when the recorded runs were made (slide-sized outputs
+            # now get a pyramid by default).
+            pyramid=spec.get("pyramid", False),
             overwrite=True,
             **options,
         )

@@ -196,6 +196,24 @@ def test_generic_tiff_without_power_and_inches_become_centimetres(tmp_path: Path
         np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), image)
 
 
+def test_aperio_layout_grey(tmp_path: Path) -> None:
+    openslide = _openslide()
+    grey = noisy(700, 1100)[..., :1]
+    source = ArraySource(grey, resolution=(1e4 / MPP, 1e4 / MPP), resolution_unit="CENTIMETER")
+    out = tmp_path / "grey.tif"
+    with open_writer(out, 700, 1100, 1, tile=TILE, source=source, pyramid=None) as writer:
+        writer.write_band(grey)
+    reference = [level[..., 0] for level in reference_pyramid(grey, 3)]
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_svs and tif.pages[1].shape == reference[-1].shape  # the thumbnail, 2-D
+        for level, expected in zip(tif.series[0].levels, reference, strict=True):
+            np.testing.assert_array_equal(level.asarray(), expected)
+    with openslide.OpenSlide(str(out)) as slide:
+        assert slide.properties["openslide.vendor"] == "aperio" and slide.level_count == 4
+        h, w = reference[2].shape
+        np.testing.assert_array_equal(np.asarray(slide.read_region((0, 0), 2, (w, h)))[..., 0], reference[2])
+
+
 @needs_vips
 def test_aperio_layout_libvips(aperio_tif: Path, reference: list[np.ndarray], tmp_path: Path) -> None:
     # tiffload: directory 0, then the levels after the thumbnail (directory 1)

@@ -587,9 +587,10 @@ class TileWriter:
                 if aperio and levels:
                     # The smallest level (one tile at most) as the stripped thumbnail.
                     small = levels[-1]
+                    shape = self._shape(small.height, small.width)
                     tw.write(
-                        self._pyramid.pixels(len(levels)),  # type: ignore[union-attr]
-                        shape=self._shape(small.height, small.width),
+                        self._pyramid.pixels(len(levels)).reshape(shape),  # type: ignore[union-attr]
+                        shape=shape,
                         description=reduced_description(small.width, small.height),
                         resolution=scaled(small.width, small.height),
                         resolutionunit=meta.unit,

@@ -197,6 +197,7 @@ def wants_pyramid(height: int, width: int, tile: int, pyramid: bool | None) -> b
 
 
 def is_ome_name(path: os.PathLike[str] | str) -> bool:
+    """Whether the name says OME-TIFF (``.ome.tif`` or ``.ome.tiff``, any case)."""
     return Path(path).name.lower().endswith((".ome.tif", ".ome.tiff"))
 
 

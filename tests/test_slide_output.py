@@ -133,6 +133,21 @@ def test_output_format_by_name_and_option(tmp_path: Path) -> None:
         assert tif.is_ome and tif.series[0].shape == (40, 50, 3)
 
 
+def test_translate_options_carry_pyramid_and_format() -> None:
+    from dnrt.runtime.options import TranslateOptions
+
+    default = TranslateOptions()
+    assert default.pyramid is None and default.output_format is None  # by size, by name
+    chosen = TranslateOptions(pyramid=False, output_format="OME-TIFF")
+    assert chosen.output_format == "ome-tiff"
+    assert TranslateOptions.from_json(chosen.to_json()) == chosen
+    with pytest.raises(DnrtError, match="unknown output format 'svs'") as info:
+        TranslateOptions(output_format="svs")
+    assert info.value.exit_code == 2
+    with pytest.raises(DnrtError, match="pyramid must be true or false"):
+        TranslateOptions(pyramid="yes")
+
+
 # -- plain TIFF with a pixel size: Aperio's layout --------------------------------------------
 def test_aperio_layout_tifffile(aperio_tif: Path, reference: list[np.ndarray]) -> None:
     with tifffile.TiffFile(aperio_tif) as tif:

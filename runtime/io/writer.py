@@ -67,6 +67,7 @@ from dnrt.runtime.io.atomic import (
 from dnrt.runtime.io.pyramid import PyramidBuilder
 from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ImageSource, _short, quoted
 from dnrt.runtime.io.slidemeta import aperio_description, ome_xml, output_metadata
+from dnrt.runtime.options import OUTPUT_FORMATS
 
 #: Bytes of bands waiting for the writer thread before write_band blocks (at least one band).
 DEFAULT_QUEUE_BYTES = 48 << 20
@@ -185,8 +186,6 @@ def check_compression(path: os.PathLike[str] | str, compression: str | None) -> 
 #: than this many writer tiles (2048 px with the default 512-px tile). Below that a viewer shows
 #: the whole image from level 0 at once, and levels would only add directories.
 SLIDE_SIZED_TILES = 4
-#: ``--format`` values; None picks by the output's name (``.ome.tif``/``.ome.tiff``: OME-TIFF).
-OUTPUT_FORMATS = ("tiff", "ome-tiff")
 
 
 def wants_pyramid(height: int, width: int, tile: int, pyramid: bool | None) -> bool:

@@ -77,6 +77,9 @@ class TranslateReport:
     degenerate_ratio: float | None = None
     input: str | None = None
     output: str | None = None
+    # Slide reading (issue 17): reader, level, source / level / processed microns per pixel,
+    # resampling, notes (ResolutionChoice.to_dict()); None for in-memory images.
+    resolution: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -379,13 +382,35 @@ class Translator:
         pyramid: bool = False,
         overwrite: bool = False,
         writer_tile: int = 512,
+        # Slide reading (issue 17): see translate().
+        reader: str = "auto",
+        level: int | None = None,
+        mpp: float | None = None,
+        assume_mpp: float | None = None,
+        allow_upsample: bool = False,
     ) -> TranslateReport:
         """Translate an image file into a tiled (Big)TIFF; the output appears only when complete."""
-        from dnrt.runtime.io import check_output_path, open_image
+        from dnrt.runtime.io import check_output_path
+        from dnrt.runtime.io.resolution import ResolutionRequest, open_at_resolution
 
         check_output_path(output, overwrite, input_path=input)
-        with open_image(input) as source:
-            return self._translate_source(source, input, output, compression, pyramid, overwrite, writer_tile)
+        request = ResolutionRequest(
+            level=level, mpp=mpp, assume_mpp=assume_mpp, allow_upsample=allow_upsample
+        )
+        source, choice = open_at_resolution(
+            input, request, reader=reader, default_mpp=self.bundle.manifest.mpp
+        )
+        with source:
+            return self._translate_source(
+                source,
+                input,
+                output,
+                compression,
+                pyramid,
+                overwrite,
+                writer_tile,
+                resolution=choice.to_dict(),
+            )
 
     def _translate_source(
         self,
@@ -396,6 +421,7 @@ class Translator:
         pyramid: bool,
         overwrite: bool,
         writer_tile: int,
+        resolution: dict[str, Any] | None = None,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
         from dnrt.runtime.io.writer import check_compression
@@ -425,7 +451,7 @@ class Translator:
         )
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
-            return self._run(source, writer, input=str(input), output=str(output))
+            return self._run(source, writer, input=str(input), output=str(output), resolution=resolution)
         except BaseException:
             writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
             raise
@@ -440,6 +466,12 @@ def translate(
     pyramid: bool = False,
     overwrite: bool = False,
     writer_tile: int = 512,
+    # Slide reading (issue 17): which reader, which pyramid level, which resolution.
+    reader: str = "auto",
+    level: int | None = None,
+    mpp: float | None = None,
+    assume_mpp: float | None = None,
+    allow_upsample: bool = False,
     **options: Any,
 ) -> TranslateReport:
     """Translate the image file ``input`` into ``output`` (tiled BigTIFF, or PNG/JPEG) with a bundle.
@@ -448,15 +480,38 @@ def translate(
     batch, kin_kernel, kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads,
     progress, backend_options, on_progress). Checks run cheapest
     first: the output path, then the input image, then the bundle, then the backend loads.
+
+    Slides: ``reader`` is ``auto`` (by content), ``tifffile`` or ``openslide``; ``level`` reads
+    that pyramid level; ``mpp`` (default: the bundle's training resolution, unless ``level`` is
+    given) picks the level and resamples to that many microns per pixel (area filter);
+    ``assume_mpp`` is the slide's level-0 resolution when its metadata lacks it (or is wrong);
+    ``allow_upsample`` permits an ``mpp`` finer than the slide's best level.
     """
-    from dnrt.runtime.io import check_output_path, open_image
+    from dnrt.runtime.io import check_output_path
+    from dnrt.runtime.io.resolution import ResolutionRequest, open_at_resolution
 
     check_output_path(output, overwrite, input_path=input)
-    with open_image(input) as source:
-        translator = Translator(model, **options)
+    request = ResolutionRequest(level=level, mpp=mpp, assume_mpp=assume_mpp, allow_upsample=allow_upsample)
+    loaded: list[Bundle] = []
+
+    def bundle_mpp() -> float | None:
+        # Read after the image opened (its errors come first); the Translator reuses it.
+        loaded.append(_bundle(model, options.get("backend", "auto")))
+        return loaded[0].manifest.mpp
+
+    source, choice = open_at_resolution(input, request, reader=reader, default_mpp=bundle_mpp)
+    with source:
+        translator = Translator(loaded[0] if loaded else model, **options)
         try:
             return translator._translate_source(
-                source, input, output, compression, pyramid, overwrite, writer_tile
+                source,
+                input,
+                output,
+                compression,
+                pyramid,
+                overwrite,
+                writer_tile,
+                resolution=choice.to_dict(),
             )
         finally:
             translator.close()

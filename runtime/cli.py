@@ -26,6 +26,8 @@ MODES = ("in", "tin", "kin", "dn")
 SCHEDULES = ("streaming", "two-pass")
 # Kept in sync with dnrt.runtime.backends.BACKEND_NAMES (not imported: --help stays instant).
 BACKENDS = ("auto", "ort", "ort-cuda", "torch", "torch-cuda", "trt")
+# Kept in sync with dnrt.runtime.io.reader.READERS (slide reading, issue 17).
+READERS = ("auto", "tifffile", "openslide")
 
 
 class CliError(click.ClickException):
@@ -186,6 +188,28 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     help="Output TIFF compression: zlib, none, lzw, zstd, jpeg, webp (NAME:LEVEL allowed).",
 )
 @click.option("--pyramid", is_flag=True, help="Add reduced-resolution levels (OpenSlide/QuPath readable).")
+# -- slide reading and the model's resolution (issue 17) --
+@click.option(
+    "--reader",
+    type=click.Choice(READERS, case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="Input reader: auto decides by content (tifffile for TIFF/SVS/OME-TIFF, OpenSlide for "
+    "vendor formats tifffile cannot read: MRXS, NDPI variants, VMS, SCN, BIF, DICOM).",
+)
+@click.option("--level", type=click.IntRange(min=0), help="Pyramid level to read (0: full resolution).")
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Microns per pixel to translate at: the pyramid level just finer is read and resampled "
+    "(area filter) [default: the bundle's training resolution, unless --level is given].",
+)
+@click.option(
+    "--assume-mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The slide's level-0 microns per pixel, when its metadata lacks it (or is wrong).",
+)
+@click.option("--allow-upsample", is_flag=True, help="Allow an --mpp finer than the slide's best level.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
@@ -211,6 +235,11 @@ def translate_command(
     device_index: int,
     compression: str,
     pyramid: bool,
+    reader: str,
+    level: int | None,
+    mpp: float | None,
+    assume_mpp: float | None,
+    allow_upsample: bool,
     overwrite: bool,
     quiet: bool,
     as_json: bool,
@@ -247,6 +276,11 @@ def translate_command(
                 backend_options=_backend_options(precision.lower(), device_index),
                 compression=compression,
                 pyramid=pyramid,
+                reader=reader.lower(),
+                level=level,
+                mpp=mpp,
+                assume_mpp=assume_mpp,
+                allow_upsample=allow_upsample,
                 overwrite=overwrite,
                 progress=False if quiet else None,
             )
@@ -265,9 +299,20 @@ def translate_command(
         raise CliError(
             f"unexpected {type(exc).__name__}: {message} (set DNRT_DEBUG=1 for the traceback)", 1
         ) from None
+    resolution = report.resolution or {}
+    if not quiet:
+        for note in resolution.get("notes", []):
+            click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(report.to_json())
     elif not quiet:
+        if resolution.get("processed_mpp") or resolution.get("level"):
+            mpp_text = resolution["processed_mpp"] and f", {resolution['processed_mpp'][0]:.4g} um/px"
+            click.echo(
+                f"read level {resolution['level']} of {resolution['levels']} with {resolution['reader']}"
+                f"{mpp_text or ''}, resampling {resolution['resample']}",
+                err=True,
+            )
         s = report.seconds
         click.echo(
             f"{output}: {report.width} x {report.height}, {report.tiles} tiles, mode {report.mode}, "

@@ -27,9 +27,9 @@ import numpy as np
 from dnrt.errors import DnrtError
 from dnrt.runtime.io.reader import ImageSource, MissingLevel, _short, quoted, resolution_from_mpp
 
-#: Columns per OpenSlide call: wide enough to amortise the call, narrow enough that a band's RGBA
+#: Columns per OpenSlide call: narrow enough that a band's chunks keep every worker busy and its RGBA
 #: chunk (rows x this x 4 bytes) stays small.
-CHUNK_COLUMNS = 2048
+CHUNK_COLUMNS = 512
 
 _INSTALL_HINT = "pip install 'dnrt[slides]' (openslide-python and openslide-bin)"
 

@@ -306,7 +306,7 @@ def translate_command(
     if as_json:
         click.echo(report.to_json())
     elif not quiet:
-        if resolution.get("processed_mpp") or resolution.get("level"):
+        if resolution.get("levels", 1) > 1 or resolution.get("resample", "none") != "none":
             mpp_text = resolution["processed_mpp"] and f", {resolution['processed_mpp'][0]:.4g} um/px"
             click.echo(
                 f"read level {resolution['level']} of {resolution['levels']} with {resolution['reader']}"

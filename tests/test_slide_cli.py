@@ -202,3 +202,19 @@ def test_export_model_records_the_training_resolution(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["mpp"] == 0.5
     assert load_bundle(out).manifest.mpp == 0.5
+
+
+def test_translator_translate_file_takes_the_slide_options(tmp_path: Path, slide: Path, bundles) -> None:
+    out = tmp_path / "out.tif"
+    with Translator(bundles["at05"], backend="ort") as translator:
+        report = translator.translate_file(slide, out, mpp=1.0)
+        assert (report.resolution["level"], report.resolution["processed_mpp"]) == (2, [1.0, 1.0])
+        assert (report.width, report.height) == (96, 64)
+        report = translator.translate_file(slide, out, overwrite=True)  # the bundle's 0.5 um/px
+        assert (report.resolution["level"], report.resolution["target_from"]) == (1, "bundle")
+
+
+def test_summary_line_names_the_level_read(tmp_path: Path, slide: Path, bundles) -> None:
+    code, stdout, stderr = _run(slide, "-o", tmp_path / "out.tif", "-m", bundles["at05"])
+    assert code == 0, stderr
+    assert "read level 1 of 3 with tifffile, 0.5 um/px, resampling none" in stderr

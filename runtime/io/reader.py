@@ -336,7 +336,8 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
                 img = Image.open(path)
             except UnidentifiedImageError:
                 raise DnrtError(
-                    f"{name} is not an image dnrt can read (neither TIFF nor a format Pillow recognizes)"
+                    f"{name} is not an image dnrt can read (neither TIFF, a slide format OpenSlide "
+                    "recognizes, nor a format Pillow recognizes)"
                 ) from None
             except (OSError, ValueError, SyntaxError) as exc:
                 raise DnrtError(f"{name} could not be opened as an image: {_short(exc)}") from None

@@ -153,3 +153,53 @@ def write_ndpi_like(
                 extratags=_ndpi_tags(power) if ndpi else (),
                 metadata=None,
             )
+
+
+def write_dicom_wsi(path: Path, image: np.ndarray, *, tile: int = 256, mpp: float = 0.25) -> None:
+    """A one-level DICOM WSI (VL Whole Slide Microscopy Image, TILED_FULL, uncompressed RGB
+    frames, PixelSpacing in mm) written with pydicom: the attributes OpenSlide's DICOM driver
+    needs. The image's sides must be multiples of ``tile``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    h, w = image.shape[:2]
+    assert h % tile == 0 and w % tile == 0
+    frames = [image[r : r + tile, c : c + tile] for r in range(0, h, tile) for c in range(0, w, tile)]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+    )
+    ds.Modality, ds.ImageType = "SM", ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.ContainerIdentifier, ds.PatientID, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = (
+        "slide",
+        "p",
+        "s",
+        1,
+        1,
+    )
+    ds.Manufacturer = "dnrt tests"
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows, ds.TotalPixelMatrixFocalPlanes = w, h, 1
+    path_item = Dataset()
+    path_item.OpticalPathIdentifier = "1"
+    ds.NumberOfOpticalPaths, ds.OpticalPathSequence = 1, Sequence([path_item])
+    ds.Rows, ds.Columns, ds.NumberOfFrames = tile, tile, len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = w * mpp / 1000, h * mpp / 1000
+    measures = Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [mpp / 1000, mpp / 1000], 0.001
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PixelData = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
+    ds.save_as(path, enforce_file_format=True)

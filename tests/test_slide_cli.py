@@ -218,3 +218,28 @@ def test_summary_line_names_the_level_read(tmp_path: Path, slide: Path, bundles)
     code, stdout, stderr = _run(slide, "-o", tmp_path / "out.tif", "-m", bundles["at05"])
     assert code == 0, stderr
     assert "read level 1 of 3 with tifffile, 0.5 um/px, resampling none" in stderr
+
+
+def test_dicom_wsi_translated_at_the_bundle_resolution(tmp_path: Path, bundles) -> None:
+    pytest.importorskip("openslide")
+    pytest.importorskip("pydicom")
+    from slides import write_dicom_wsi
+
+    path = tmp_path / "slide.dcm"
+    image = tissue(256, 512, seed=13)
+    write_dicom_wsi(path, image, tile=128, mpp=0.25)
+    out = tmp_path / "out.tif"
+    code, stdout, stderr = _run(path, "-o", out, "-m", bundles["at05"], "--json", "-q")
+    assert code == 0, stderr
+    res = json.loads(stdout)["resolution"]
+    assert (res["reader"], res["level"], res["resample"], res["processed_mpp"]) == (
+        "openslide",
+        0,
+        "box 2x2",
+        [0.5, 0.5],
+    )
+    from dnrt.runtime.io.resample import box_reduce
+
+    with Translator(bundles["at05"], backend="ort") as translator:
+        expected = translator.translate(box_reduce(image, 2, 2))
+    np.testing.assert_array_equal(tifffile.imread(out), expected)

@@ -211,3 +211,22 @@ def test_plain_tiff_does_not_load_openslide(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_dicom_wsi_goes_to_openslide(tmp_path: Path) -> None:
+    """A DICOM WSI (not a TIFF: a 128-byte preamble and 'DICM') is recognised by content, even
+    without a suffix, and read by OpenSlide with the stored pixels and resolution."""
+    _openslide()
+    pytest.importorskip("pydicom")
+    from slides import write_dicom_wsi
+
+    image = tissue(512, 768, seed=12)
+    path = tmp_path / "slide-without-suffix"
+    write_dicom_wsi(path, image, tile=256, mpp=0.25)
+    with open_image(path) as source:
+        assert (source.reader, source.vendor) == ("openslide", "dicom")
+        assert source.mpp == pytest.approx((0.25, 0.25))
+        np.testing.assert_array_equal(_whole(source), image)
+        np.testing.assert_array_equal(source.read_region(100, 300, 250, 700), image[100:300, 250:700])
+    with pytest.raises(DnrtError, match="not a TIFF-family file"):
+        open_image(path, reader="tifffile")

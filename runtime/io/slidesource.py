@@ -138,6 +138,9 @@ class OpenSlideSource(ImageSource):
 
     def _read_chunk(self, slide: Any, out: np.ndarray, y0: int, x0: int) -> None:
         h, w = out.shape[:2]
+        # OpenSlide addresses every level in level-0 coordinates and divides by the level's
+        # downsample: exact where that is an integer; elsewhere (sides not divisible by the factor)
+        # the region lands a fraction of a pixel off and OpenSlide interpolates. Rounding is closest.
         location = (round(x0 * self._downsample), round(y0 * self._downsample))
         try:
             rgba = np.asarray(slide.read_region(location, self.level, (w, h)))

@@ -33,7 +33,7 @@ import numpy as np
 from dnrt.bundle import Bundle, load_bundle
 from dnrt.errors import Cancelled, DnrtError
 from dnrt.runtime.backends.base import Backend
-from dnrt.runtime.options import TranslateOptions
+from dnrt.runtime.options import FILE_FIELDS, TranslateOptions
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
@@ -77,6 +77,9 @@ class TranslateReport:
     degenerate_ratio: float | None = None
     input: str | None = None
     output: str | None = None
+    # Slide reading (issue 17): reader, level, source / level / processed microns per pixel,
+    # resampling, notes (ResolutionChoice.to_dict()); None for in-memory images.
+    resolution: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -403,37 +406,34 @@ class Translator:
         self,
         input: str | os.PathLike,
         output: str | os.PathLike,
-        *,
-        compression: str | None = None,
-        pyramid: bool | None = None,
-        overwrite: bool | None = None,
-        writer_tile: int | None = None,
-        output_format: str | None = None,
+        **settings: Any,
     ) -> TranslateReport:
         """Translate an image file into a tiled (Big)TIFF; the output appears only when complete.
 
-        The output settings default to this translator's options."""
-        from dnrt.runtime.io import open_image
-
-        changes = {
-            k: v
-            for k, v in (
-                ("compression", compression),
-                ("pyramid", pyramid),
-                ("overwrite", overwrite),
-                ("writer_tile", writer_tile),
-                ("output_format", output_format),
+        ``settings``: the file-level fields of :class:`~dnrt.runtime.options.TranslateOptions`
+        (output: compression, pyramid, output_format, overwrite, writer_tile; slide reading:
+        reader, level, mpp, assume_mpp, allow_upsample), defaulting to this translator's."""
+        per_model = sorted(
+            k for k in settings if k in TranslateOptions.field_names() and k not in FILE_FIELDS
+        )
+        if per_model:
+            raise DnrtError(
+                f"{', '.join(per_model)} cannot change per file; make a Translator with them", exit_code=2
             )
-            if v is not None
-        }
-        output_options = self.options.replace(**changes) if changes else self.options
+        options = _options(self.options, settings)
         input, output = _file_arg("input", input), _file_arg("output", output)
-        _check_output(output, output_options, input)
-        with open_image(input) as source:
-            return self._translate_source(source, input, output, output_options)
+        _check_output(output, options, input)
+        source, choice = _open_source(input, options, self.bundle.manifest.mpp)
+        with source:
+            return self._translate_source(source, input, output, options, resolution=choice.to_dict())
 
     def _translate_source(
-        self, source: Any, input: str | os.PathLike, output: str | os.PathLike, options: TranslateOptions
+        self,
+        source: Any,
+        input: str | os.PathLike,
+        output: str | os.PathLike,
+        options: TranslateOptions,
+        resolution: dict[str, Any] | None = None,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
 
@@ -455,7 +455,9 @@ class Translator:
         )
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
-            return self._run(source, writer, plan=plan, input=str(input), output=str(output))
+            return self._run(
+                source, writer, plan=plan, input=str(input), output=str(output), resolution=resolution
+            )
         except BaseException:
             writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
             raise
@@ -471,6 +473,19 @@ def _options(options: TranslateOptions | None, settings: dict[str, Any]) -> Tran
     if options is None:
         return TranslateOptions(**settings)
     return options.replace(**settings) if settings else options
+
+
+def _open_source(
+    input: str | os.PathLike,
+    options: TranslateOptions,
+    default_mpp: Callable[[], float | None] | float | None,
+) -> tuple[Any, Any]:
+    """The image at the options' level / resolution (``default_mpp``: the bundle's)."""
+    from dnrt.runtime.io.resolution import open_at_resolution
+
+    return open_at_resolution(
+        input, options.resolution_request(), reader=options.reader, default_mpp=default_mpp
+    )
 
 
 def _file_arg(name: str, value: Any) -> str | os.PathLike:
@@ -504,12 +519,17 @@ def translate(
     ``options`` (a :class:`~dnrt.runtime.options.TranslateOptions`) and/or its fields as
     keywords (mode, schedule, backend, tile, margin, margin_source, batch, kin_kernel,
     kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads, precision,
-    device, compression, pyramid, output_format, overwrite, writer_tile); ``progress``, ``backend_options`` and
+    device; output: compression, pyramid, output_format, overwrite, writer_tile; slide reading:
+    reader, level, mpp, assume_mpp, allow_upsample); ``progress``, ``backend_options`` and
     ``on_progress`` as for :class:`Translator`. Checks run cheapest first: the options, the
     output path, then the input image, then the bundle, then the backend loads.
-    """
-    from dnrt.runtime.io import open_image
 
+    Slides: ``reader`` is ``auto`` (by content), ``tifffile`` or ``openslide``; ``level`` reads
+    that pyramid level; ``mpp`` (default: the bundle's training resolution, unless ``level`` is
+    given) picks the level and resamples to that many microns per pixel (area filter);
+    ``assume_mpp`` is the slide's level-0 resolution when its metadata lacks it (or is wrong);
+    ``allow_upsample`` permits an ``mpp`` finer than the slide's best level.
+    """
     backend = settings.pop("backend", None)
     instance = backend if isinstance(backend, Backend) else None
     if backend is not None and instance is None:
@@ -517,9 +537,17 @@ def translate(
     resolved = _options(options, settings)
     input, output = _file_arg("input", input), _file_arg("output", output)
     _check_output(output, resolved, input)
-    with open_image(input) as source:
+    loaded: list[Bundle] = []
+
+    def bundle_mpp() -> float | None:
+        # Read after the image opened (its errors come first); the Translator reuses it.
+        loaded.append(_bundle(model, instance))
+        return loaded[0].manifest.mpp
+
+    source, choice = _open_source(input, resolved, bundle_mpp)
+    with source:
         translator = Translator(
-            model,
+            loaded[0] if loaded else model,
             resolved,
             backend=instance,
             progress=progress,
@@ -527,6 +555,6 @@ def translate(
             on_progress=on_progress,
         )
         try:
-            return translator._translate_source(source, input, output, resolved)
+            return translator._translate_source(source, input, output, resolved, resolution=choice.to_dict())
         finally:
             translator.close()

@@ -28,6 +28,7 @@ from dnrt.runtime.options import (
     MODES,
     OUTPUT_FORMATS,
     PRECISIONS,
+    READERS,
     SCHEDULES,
     TranslateOptions,
 )
@@ -195,6 +196,28 @@ _TRANSLATION_OPTIONS = (
         help="Edge of the output TIFF's own tiles (a multiple of 16).",
     ),
     click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    # -- slide reading and the model's resolution (issue 17) --
+    click.option(
+        "--reader",
+        type=click.Choice(READERS, case_sensitive=False),
+        default=_DEFAULTS.reader,
+        show_default=True,
+        help="Input reader: auto decides by content (tifffile for TIFF/SVS/OME-TIFF, OpenSlide for "
+        "vendor formats tifffile cannot read: MRXS, NDPI variants, VMS, SCN, BIF, DICOM).",
+    ),
+    click.option("--level", type=click.IntRange(min=0), help="Pyramid level to read (0: full resolution)."),
+    click.option(
+        "--mpp",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Microns per pixel to translate at: the pyramid level just finer is read and resampled "
+        "(area filter) [default: the bundle's training resolution, unless --level is given].",
+    ),
+    click.option(
+        "--assume-mpp",
+        type=click.FloatRange(min=0, min_open=True),
+        help="The slide's level-0 microns per pixel, when its metadata lacks it (or is wrong).",
+    ),
+    click.option("--allow-upsample", is_flag=True, help="Allow an --mpp finer than the slide's best level."),
 )
 
 
@@ -268,9 +291,20 @@ def translate_command(
         raise CliError(
             f"unexpected {type(exc).__name__}: {message} (set DNRT_DEBUG=1 for the traceback)", 1
         ) from None
+    resolution = report.resolution or {}
+    if not quiet:
+        for note in resolution.get("notes", []):
+            click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(report.to_json())
     elif not quiet:
+        if resolution.get("levels", 1) > 1 or resolution.get("resample", "none") != "none":
+            mpp_text = resolution["processed_mpp"] and f", {resolution['processed_mpp'][0]:.4g} um/px"
+            click.echo(
+                f"read level {resolution['level']} of {resolution['levels']} with {resolution['reader']}"
+                f"{mpp_text or ''}, resampling {resolution['resample']}",
+                err=True,
+            )
         s = report.seconds
         click.echo(
             f"{output}: {report.width} x {report.height}, {report.tiles} tiles, mode {report.mode}, "

@@ -33,7 +33,9 @@ __all__ = [
     "KIN_KERNEL_TYPES",
     "MARGIN_SOURCES",
     "MODES",
+    "FILE_FIELDS",
     "OUTPUT_FORMATS",
+    "READERS",
     "PRECISIONS",
     "SCHEDULES",
     "TranslateOptions",
@@ -50,6 +52,7 @@ DEGENERATE_RULES = tuple(r.value for r in DegenerateRule)
 #: Output TIFF layouts (slide outputs, issue 17): ``tiff`` (levels in the main IFD chain) or
 #: ``ome-tiff`` (OME-XML, levels as SubIFDs).
 OUTPUT_FORMATS = ("tiff", "ome-tiff")
+READERS = ("auto", "tifffile", "openslide")
 
 #: Beyond these a run cannot be meant: a larger tile or margin, or more threads, only
 #: allocates without bound before failing (the tighter, memory-based checks come later,
@@ -154,6 +157,17 @@ class TranslateOptions:
     overwrite: bool = False
     #: Edge of the output TIFF's own tiles.
     writer_tile: int = 512
+    # -- slide reading (files only): which reader, which pyramid level, which resolution
+    #: ``auto`` (by content), ``tifffile`` or ``openslide``.
+    reader: str = "auto"
+    #: Read this pyramid level (None: level 0, or the one ``mpp`` picks).
+    level: int | None = None
+    #: Microns per pixel to translate at (None: the bundle's training resolution, if recorded).
+    mpp: float | None = None
+    #: The slide's level-0 microns per pixel when its metadata lacks it (or is wrong).
+    assume_mpp: float | None = None
+    #: Permit an ``mpp`` finer than the slide's best level (upsampling).
+    allow_upsample: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -197,8 +211,24 @@ class TranslateOptions:
         if edge % 16:
             raise _usage(f"writer tile must be a multiple of 16 (a TIFF rule), got {edge}")
         set_(self, "writer_tile", edge)
+        set_(self, "reader", _choice("reader", self.reader, READERS))
+        set_(self, "level", _optional_integer("level", self.level, 0, 64))
+        for name in ("mpp", "assume_mpp"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, _number(name.replace("_", " "), value))
+        set_(self, "allow_upsample", _flag("allow upsample", self.allow_upsample))
+        self.resolution_request()  # the range checks of the resolution options
 
     # -- derived views ---------------------------------------------------------------------
+    def resolution_request(self) -> Any:
+        """The slide-reading request (``dnrt.runtime.io.resolution.ResolutionRequest``)."""
+        from dnrt.runtime.io.resolution import ResolutionRequest
+
+        return ResolutionRequest(
+            level=self.level, mpp=self.mpp, assume_mpp=self.assume_mpp, allow_upsample=self.allow_upsample
+        )
+
     def backend_options(self) -> dict[str, Any]:
         """The keywords a backend takes beyond its defaults (only what differs, so backends
         without a precision choice never see one). The device index travels with the job's
@@ -245,3 +275,19 @@ class TranslateOptions:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+#: The fields that concern one file (its output and how it is read), which may change per file
+#: on a Translator already loaded; the others fix the model's run.
+FILE_FIELDS = (
+    "compression",
+    "pyramid",
+    "output_format",
+    "overwrite",
+    "writer_tile",
+    "reader",
+    "level",
+    "mpp",
+    "assume_mpp",
+    "allow_upsample",
+)

@@ -33,7 +33,7 @@ import numpy as np
 
 from dnrt.bundle import Bundle, load_bundle
 from dnrt.errors import Cancelled, DnrtError
-from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
@@ -257,17 +257,15 @@ class Translator:
         else:
             from dnrt.runtime.backends import get_backend
 
-            context = {"tile": self.tile, "margin": self.margin, "batch": batch, "threads": threads}
+            context = BackendContext(tile=self.tile, margin=self.margin, batch=batch, threads=threads)
             self.backend = get_backend(backend, self.bundle, context=context, **(backend_options or {}))
         if batch is None:
-            batch = int(getattr(self.backend, "preferred_batch", 4))
+            batch = int(self.backend.preferred_batch)
             self.options = dataclasses.replace(self.options, batch=batch)
         # Tell the backend what it will run before it loads anything: the graphs of the mode, and
         # one or two concurrent passes.
         self.backend.expect_graphs(graphs_for(self.options.mode))
-        set_concurrency = getattr(self.backend, "set_concurrency", None)
-        if set_concurrency is not None:
-            set_concurrency(resolve_overlap(self.options, self.backend))
+        self.backend.set_concurrency(resolve_overlap(self.options, self.backend))
         self.last_report: TranslateReport | None = None
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 
 from dnrt.bundle import Bundle, check_external_data
 from dnrt.errors import DnrtError
-from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.semantics import CollectFlavour
 
 PLUGIN_NAMESPACE = "dnrt"
@@ -244,24 +244,22 @@ class TrtBackend(Backend):
     def __init__(
         self,
         bundle: Bundle,
-        precision: str = "fp32",
-        batch: int = 4,
-        tile: int | None = None,
-        margin: int | None = None,
-        device_index: int = 0,
+        context: BackendContext | None = None,
         plugin: str | None = None,
         workspace_mb: int = 4096,
-        threads: int | None = None,
+        **context_fields: Any,
     ) -> None:
-        super().__init__(bundle)
+        super().__init__(bundle, context, **context_fields)
+        precision = self.context.precision
         if precision not in ("fp32", "fp16"):
             raise DnrtError(f"unknown precision {precision!r} (expected fp32 or fp16)")
         self.precision = precision
-        tile = tile or self.manifest.tile
-        margin = self.manifest.margin if margin is None else margin
+        tile = self.context.tile or self.manifest.tile
+        margin = self.manifest.margin if self.context.margin is None else self.context.margin
         self.profile = Profile(
-            size=tile + 2 * margin, min_size=min(tile, tile + 2 * margin), batch=max(1, batch)
+            size=tile + 2 * margin, min_size=min(tile, tile + 2 * margin), batch=self.context.batch or 4
         )
+        device_index = self.context.device_index
         self.device_index = device_index
         self.plugin_path = plugin
         self.workspace = workspace_mb << 20
@@ -364,7 +362,7 @@ class TrtBackend(Backend):
             raise DnrtError(f"could not deserialize {engine_path}; delete it to rebuild")
         return _Engine(trt, engine, _cudart(), which, self.device_index)
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         try:
             import tensorrt as trt
         except ImportError:
@@ -385,7 +383,6 @@ class TrtBackend(Backend):
         # Building an engine takes minutes the first time: IN (expect_graphs) never runs dense.
         if self.expected_graphs is None or "dense" in self.expected_graphs:
             self._dense_engine()
-        super().activate()
 
     def _dense_engine(self) -> _Engine:
         if self.dense_engine is None:
@@ -393,12 +390,13 @@ class TrtBackend(Backend):
             self.dense_engine = self._engine(trt, logger, self.bundle.dense_graph, "dense", gpu, capability)
         return self.dense_engine
 
-    def deactivate(self) -> None:
-        for engine in (self.stats_engine, self.dense_engine):
+    def deactivate_impl(self) -> None:
+        # Also after a failed activation: whichever engines were built are closed.
+        engines = (self.stats_engine, self.dense_engine)
+        self.stats_engine = self.dense_engine = None
+        for engine in engines:
             if engine is not None:
                 engine.close()
-        self.stats_engine = self.dense_engine = None
-        super().deactivate()
 
     def describe(self) -> str:
         import tensorrt as trt
@@ -425,17 +423,16 @@ class TrtBackend(Backend):
         ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
-    def collect(
+    def collect_impl(
         self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        assert self.stats_engine is not None, "backend not activated"
+        assert self.stats_engine is not None
         wanted = ("image", "tile_mean", "tile_std") if image else ("tile_mean", "tile_std")
         out = self._batched(
             self.stats_engine, {"tiles": tiles}, {"collect_params": flavour.as_array()}, wanted
         )
         return (out["image"] if image else None), out["tile_mean"], out["tile_std"]
 
-    def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
-        assert self.stats_engine is not None, "backend not activated"
+    def infer_impl(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
         out = self._batched(self._dense_engine(), {"tiles": tiles, "nbr_mean": nbr_mean, "nbr_std": nbr_std})
         return out["image"]

@@ -202,10 +202,15 @@ def test_trt_lifecycle_on_fakes(fake_gpu, small_bundle_path, monkeypatch) -> Non
     # The dense engine fails to build after the stats engine (its stream, event) exists.
     import dnrt.runtime.backends.trt as trt_module
 
-    def broken(*args, **kwargs):
-        raise DnrtError("TensorRT could not parse the graph: broken")
+    real = trt_module.prepare_graph
 
-    monkeypatch.setattr(trt_module, "prepare_onnx_for_tensorrt", broken)
+    def broken(path, which):
+        if which == "dense":
+            raise DnrtError("TensorRT could not parse the graph: broken")
+        return real(path, which)
+
+    monkeypatch.setattr(trt_module, "prepare_graph", broken)
+    monkeypatch.setenv("DNRT_CACHE_DIR", str(fake_gpu / "empty-cache"))  # a miss: the build runs
     with pytest.raises(DnrtError, match="broken"):
         backend.activate()
     assert not backend.active and backend.stats_engine is None

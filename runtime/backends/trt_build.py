@@ -4,7 +4,9 @@ Handles the two TensorRT API generations dnrt meets:
 
 - **TensorRT 10** builds weakly typed networks by default: ``BuilderFlag.FP16`` lets the
   builder pick fp16 kernels, precision constraints keep the reductions (mean, variance) in
-  fp32, and the image tensors' I/O type can be set to fp16 (half the bytes over PCIe).
+  fp32, and the image tensors' I/O type can be set to fp16 (half the bytes over PCIe). The
+  setters used (``ILayer.precision``, ``set_output_type``, ``ITensor.dtype``) are deprecated
+  since 10.12 (a DeprecationWarning) and still work through 10.x.
 - **TensorRT 11** networks are always strongly typed: ``BuilderFlag.FP16`` and the precision
   constraint flags are gone and tensor types are read-only; the graph's own types decide. dnrt
   bundles are fp32 graphs, so fp16 on TensorRT 11 is refused with a clear message rather than

@@ -102,10 +102,12 @@ class Check:
             step.seconds = round(time.monotonic() - started, 2)
         print(f"[check] {step.name}: {status}{' - ' + detail if detail else ''}", flush=True)
 
-    def run(self, step: Step, cmd: list[str], limit: float, env: dict[str, str] | None = None) -> bool:
+    def run(
+        self, step: Step, cmd: list[str], limit: float, env: dict[str, str] | None = None, log_name: str = ""
+    ) -> bool:
         """Run ``cmd`` with its output in the step's log; False (and the step failed) on error."""
         step.command = cmd
-        log = self.logs / f"{step.name}.log"
+        log = self.logs / f"{log_name or step.name}.log"
         step.log = str(log.relative_to(self.out))
         limit = min(limit, self.left() - 5)
         started = time.monotonic()
@@ -209,35 +211,17 @@ class Check:
     def step_deps(self) -> bool:
         step = self.step("deps")
         started = time.monotonic()
-        missing = self.importable({**RUNTIME_DEPS, "dnrt": "dnrt (this repository)"})
-        if missing and self.wheels and not self.dry_run:
-            names = [m for m in missing if not m.startswith("dnrt")]
-            if names:
-                cmd = [
-                    self.python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-index",
-                    "--find-links",
-                    str(self.wheels),
-                    *names,
-                ]
-                self.run(step, cmd, 120)
-            if any(m.startswith("dnrt") for m in missing):
-                cmd = [
-                    self.python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-index",
-                    "--no-deps",
-                    "--no-build-isolation",
-                    "-e",
-                    ".",
-                ]
-                self.run(step, cmd, 120)
-            missing = self.importable({**RUNTIME_DEPS, "dnrt": "dnrt (this repository)"})
+        runtime = {**RUNTIME_DEPS, "dnrt": "dnrt"}
+        if self.wheels and not self.dry_run:
+            # One package at a time: a wheel that was not carried must not stop the others.
+            wanted = self.importable({**RUNTIME_DEPS, "pytest": "pytest", **EXPORT_DEPS})
+            for name in wanted:
+                pip = [self.python, "-m", "pip", "install", "--no-index", "--find-links", str(self.wheels)]
+                self.run(step, [*pip, name], 60, log_name=f"deps-{name}")
+            if self.importable({"dnrt": "dnrt"}):
+                pip = [self.python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation"]
+                self.run(step, [*pip, "-e", "."], 120, log_name="deps-dnrt")
+        missing = self.importable(runtime)
         export_missing = self.importable(EXPORT_DEPS)
         self.env["export_missing"] = export_missing
         if missing:
@@ -286,6 +270,9 @@ class Check:
 
     def step_pytest(self) -> None:
         step = self.step("pytest")
+        if self.importable({"pytest": "pytest"}):
+            self.finish(step, "skipped", "pytest is not installed (carry its wheel: --wheels DIR)")
+            return
         files = self.gpu_test_files()
         env = {"DNRT_PLUGIN_DIR": str(self.plugin_dir)}
         if self.dry_run:

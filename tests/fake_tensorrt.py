@@ -14,7 +14,9 @@ importer, binds a node with no local function to a plugin creator from the regis
 ``plugin_version`` and ``plugin_namespace``; the fake plugin library (any file named
 ``libdnrt_trt_plugin.so`` given to ``load_library``) implements DenseNorm with dnrt's reference
 ONNX function body (``dnrt.export.op_schema.attach_function``), so the engine computes what the
-CUDA plugin is specified to compute. Precision flags are recorded, not emulated (fp16 runs fp32).
+CUDA plugin is specified to compute. Precision flags are recorded, not emulated (fp16 runs fp32);
+I/O tensor types are real: a network input or output set to ``float16`` makes an engine whose
+``get_tensor_dtype`` says HALF and whose device buffers are read and written as fp16 bytes.
 
 Checks made, each where TensorRT makes it (or where real TensorRT would misbehave):
 profile shapes (``set_input_shape`` returns False outside min..max, as TensorRT does);

@@ -32,7 +32,7 @@ import numpy as np
 
 from dnrt.bundle import Bundle, load_bundle
 from dnrt.errors import Cancelled, DnrtError
-from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.runtime.options import FILE_FIELDS, TranslateOptions
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
@@ -252,16 +252,16 @@ class Translator:
         else:
             from dnrt.runtime.backends import get_backend
 
-            context = {
-                "tile": self.tile,
-                "margin": self.margin,
-                "batch": opts.batch,
-                "threads": opts.threads,
-                "device_index": opts.device or None,
-            }
+            context = BackendContext(
+                tile=self.tile,
+                margin=self.margin,
+                batch=opts.batch,
+                threads=opts.threads,
+                device_index=opts.device or 0,
+            )
             kwargs = {**opts.backend_options(), **(backend_options or {})}
             self.backend = get_backend(opts.backend, self.bundle, context=context, **kwargs)
-        batch = opts.batch if opts.batch is not None else int(getattr(self.backend, "preferred_batch", 4))
+        batch = opts.batch if opts.batch is not None else int(self.backend.preferred_batch)
         self.schedule_options = ScheduleOptions(
             mode=opts.mode,
             schedule=opts.schedule,
@@ -276,9 +276,7 @@ class Translator:
         # Tell the backend what it will run before it loads anything: the graphs of the mode, and
         # one or two concurrent passes.
         self.backend.expect_graphs(graphs_for(opts.mode))
-        set_concurrency = getattr(self.backend, "set_concurrency", None)
-        if set_concurrency is not None:
-            set_concurrency(resolve_overlap(self.schedule_options, self.backend))
+        self.backend.set_concurrency(resolve_overlap(self.schedule_options, self.backend))
         self.last_report: TranslateReport | None = None
 
     @staticmethod

@@ -232,7 +232,7 @@ class TranslateOptions:
     def backend_options(self) -> dict[str, Any]:
         """The keywords a backend takes beyond its defaults (only what differs, so backends
         without a precision choice never see one). The device index travels with the job's
-        context, which reaches only backends that take it."""
+        BackendContext, which every backend receives."""
         options: dict[str, Any] = {}
         if self.precision != "fp32":
             options["precision"] = self.precision

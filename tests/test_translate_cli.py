@@ -342,8 +342,9 @@ def test_backend_registry(bundle: Path) -> None:
         resolve_backend_name("tensorflow")
     loaded = load_bundle(bundle)
     backend = get_backend("ort", loaded, context={"threads": 3, "tile": 8, "batch": 2})
-    # Context reaches only the parameters a backend takes (OrtBackend has no tile or batch).
+    # The job context reaches the backend as one typed object; ONNX Runtime uses the threads.
     assert isinstance(backend, OrtBackend) and backend.threads == 3 and backend.device == "cpu"
+    assert (backend.context.tile, backend.context.batch) == (8, 2)
     with pytest.raises(DnrtError, match="does not take"):
         get_backend("ort", loaded, workspace_mb=64)
     with pytest.raises(DnrtError, match="fp32 only"):

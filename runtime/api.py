@@ -37,6 +37,7 @@ from dnrt.runtime.backends.base import Backend
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
+from dnrt.runtime.tissue import TISSUE_THRESHOLD_DEFAULT, TissueMask, check_background, resolve_background
 from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, STD_FLOOR_DEFAULT, Mode
 
 __all__ = ["Cancelled", "ProgressCallback", "TranslateReport", "Translator", "translate"]
@@ -65,6 +66,7 @@ class TranslateReport:
     rows: int
     cols: int
     tiles: int
+    #: Network runs over tiles (KIN and DN run each tile twice; skipped tiles run none).
     tile_runs: int
     seconds: dict[str, float] = field(default_factory=dict)
     megapixels_per_s: float = 0.0
@@ -77,6 +79,17 @@ class TranslateReport:
     degenerate_ratio: float | None = None
     input: str | None = None
     output: str | None = None
+    # -- background skipping (docs/semantics.md section 11)
+    #: ``skip`` or ``translate``: what ``background`` (``auto`` by default) chose for this image.
+    background: str = "translate"
+    #: Fraction of the image's area detected as tissue; None when tissue was not looked for.
+    tissue_fraction: float | None = None
+    #: Tiles filled with ``background_fill`` without running the network.
+    tiles_skipped: int = 0
+    #: The colour (one value per output channel) skipped tiles were filled with.
+    background_fill: list[int] | None = None
+    #: Where the tissue mask PNG was written, if asked for.
+    tissue_mask: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -200,6 +213,13 @@ class Translator:
     pixels) or ``"tile"`` (the reference's self-reflection, for exact parity with the published
     pipeline). ``degenerate`` is DN's rule for (near-)degenerate statistics, ``"reference"``
     being the published arithmetic plus the std floor (docs/semantics.md section 8).
+
+    ``background`` (docs/semantics.md section 11): ``"skip"`` runs no network on tiles without
+    tissue and fills them with the model's translation of glass; ``"translate"`` runs every
+    tile; ``"auto"`` (default) skips on slides (microscope-scale resolution metadata, more than
+    4 tiles long; :func:`dnrt.runtime.tissue.looks_like_a_slide`), so in-memory arrays, which
+    carry no metadata, are translated whole. ``tissue_threshold``: a tile is background when at
+    most this fraction of its window (tile + margin) is tissue.
     """
 
     def __init__(
@@ -223,6 +243,8 @@ class Translator:
         progress: bool | None = False,
         backend_options: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
+        background: str = "auto",
+        tissue_threshold: float = TISSUE_THRESHOLD_DEFAULT,
     ) -> None:
         try:
             mode = Mode(mode)
@@ -243,7 +265,11 @@ class Translator:
             kin_kernel=kin_kernel,
             kin_kernel_type=kin_kernel_type,
             overlap=overlap,
+            tissue_threshold=tissue_threshold,
         )
+        # -- background skipping: ``auto`` is decided per image (_run); refuse a bad name now
+        self.background = check_background(background)
+        self.last_tissue: TissueMask | None = None
         TilePlan.create(self.tile, self.tile, self.tile, self.margin, manifest.strides, margin_source)
         self.margin_source = margin_source
         if mode is Mode.KIN:
@@ -297,16 +323,28 @@ class Translator:
                 f"the model takes {manifest.in_channels}-channel images; the input is {what} image"
             )
 
-    def _run(self, source: Any, sink: Any, **report_extra: Any) -> TranslateReport:
+    def _run(
+        self,
+        source: Any,
+        sink: Any,
+        tissue_mask: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        **report_extra: Any,
+    ) -> TranslateReport:
         manifest = self.bundle.manifest
         self._check_source(source)
         plan = TilePlan.create(
             source.height, source.width, self.tile, self.margin, manifest.strides, self.margin_source
         )
+        # -- background skipping: decided for this image; the mask is detected when asked for
+        background = resolve_background(self.background, source, self.tile)
+        options = dataclasses.replace(
+            self.options, background=background, detect_tissue=tissue_mask is not None
+        )
         self.open()
         times = PhaseTimes()
         start = time.perf_counter()
-        scheduler = Scheduler(self.backend, plan, self.options, times=times)
+        scheduler = Scheduler(self.backend, plan, options, times=times)
         with Progress(scheduler.total_tile_runs, enabled=self.progress) as bar:
             scheduler.progress = bar
             hook = (
@@ -330,6 +368,13 @@ class Translator:
                 t0 = time.perf_counter()
                 closer()
                 times.add("write", time.perf_counter() - t0)
+            self.last_tissue = scheduler.tissue
+            if tissue_mask is not None and scheduler.tissue is not None:
+                from dnrt.runtime.tissue import write_mask_png
+
+                t0 = time.perf_counter()
+                write_mask_png(scheduler.tissue, tissue_mask, overwrite=overwrite)
+                times.add("write", time.perf_counter() - t0)
         total = time.perf_counter() - start
         seconds = {k: round(v, 4) for k, v in times.as_dict().items()}
         seconds["total"] = round(total, 4)
@@ -346,7 +391,7 @@ class Translator:
             rows=plan.rows,
             cols=plan.cols,
             tiles=plan.tiles,
-            tile_runs=scheduler.total_tile_runs,
+            tile_runs=scheduler.tile_runs,
             seconds=seconds,
             megapixels_per_s=round(source.height * source.width / 1e6 / total, 3) if total > 0 else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
@@ -354,6 +399,13 @@ class Translator:
             margin_source=self.margin_source,
             degenerate=self.options.degenerate.value if self.options.mode is Mode.DN else None,
             degenerate_ratio=self.options.degenerate_ratio if self.options.mode is Mode.DN else None,
+            background=background,
+            tissue_fraction=None if scheduler.tissue is None else round(scheduler.tissue.tissue_fraction, 4),
+            tiles_skipped=scheduler.tiles_skipped,
+            background_fill=None
+            if not scheduler.tiles_skipped
+            else [int(v) for v in scheduler.background_fill],
+            tissue_mask=None if tissue_mask is None else str(tissue_mask),
             **report_extra,
         )
         self.last_report = report
@@ -379,13 +431,22 @@ class Translator:
         pyramid: bool = False,
         overwrite: bool = False,
         writer_tile: int = 512,
+        tissue_mask: str | os.PathLike | None = None,
     ) -> TranslateReport:
-        """Translate an image file into a tiled (Big)TIFF; the output appears only when complete."""
+        """Translate an image file into a tiled (Big)TIFF; the output appears only when complete.
+
+        ``tissue_mask``: also write the tissue mask as a PNG there (runtime/tissue.py), atomically."""
         from dnrt.runtime.io import check_output_path, open_image
 
         check_output_path(output, overwrite, input_path=input)
+        if tissue_mask is not None:
+            from dnrt.runtime.tissue import check_mask_path
+
+            check_mask_path(tissue_mask, overwrite, input, output)
         with open_image(input) as source:
-            return self._translate_source(source, input, output, compression, pyramid, overwrite, writer_tile)
+            return self._translate_source(
+                source, input, output, compression, pyramid, overwrite, writer_tile, tissue_mask
+            )
 
     def _translate_source(
         self,
@@ -396,6 +457,7 @@ class Translator:
         pyramid: bool,
         overwrite: bool,
         writer_tile: int,
+        tissue_mask: str | os.PathLike | None = None,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
         from dnrt.runtime.io.writer import check_compression
@@ -425,7 +487,7 @@ class Translator:
         )
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
-            return self._run(source, writer, input=str(input), output=str(output))
+            return self._run(source, writer, tissue_mask, overwrite, input=str(input), output=str(output))
         except BaseException:
             writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
             raise
@@ -440,23 +502,29 @@ def translate(
     pyramid: bool = False,
     overwrite: bool = False,
     writer_tile: int = 512,
+    tissue_mask: str | os.PathLike | None = None,
     **options: Any,
 ) -> TranslateReport:
     """Translate the image file ``input`` into ``output`` (tiled BigTIFF, or PNG/JPEG) with a bundle.
 
     ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, margin_source,
     batch, kin_kernel, kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads,
-    progress, backend_options, on_progress). Checks run cheapest
+    progress, backend_options, on_progress, background, tissue_threshold). ``tissue_mask``: also
+    write the tissue mask PNG there. Checks run cheapest
     first: the output path, then the input image, then the bundle, then the backend loads.
     """
     from dnrt.runtime.io import check_output_path, open_image
 
     check_output_path(output, overwrite, input_path=input)
+    if tissue_mask is not None:
+        from dnrt.runtime.tissue import check_mask_path
+
+        check_mask_path(tissue_mask, overwrite, input, output)
     with open_image(input) as source:
         translator = Translator(model, **options)
         try:
             return translator._translate_source(
-                source, input, output, compression, pyramid, overwrite, writer_tile
+                source, input, output, compression, pyramid, overwrite, writer_tile, tissue_mask
             )
         finally:
             translator.close()

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from dnrt.errors import DnrtError
+from dnrt.runtime.tissue import TISSUE_THRESHOLD_DEFAULT
 from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, STD_FLOOR_DEFAULT, DegenerateRule
 
 MODES = ("in", "tin", "kin", "dn")
@@ -186,6 +187,27 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     help="Output TIFF compression: zlib, none, lzw, zstd, jpeg, webp (NAME:LEVEL allowed).",
 )
 @click.option("--pyramid", is_flag=True, help="Add reduced-resolution levels (OpenSlide/QuPath readable).")
+# -- background skipping (docs/semantics.md section 11)
+@click.option(
+    "--background",
+    type=click.Choice(("auto", "skip", "translate"), case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="skip: no network on tiles without tissue, filled with the model's translation of glass; "
+    "translate: every tile; auto: skip on slides (microscope resolution metadata, over 4 tiles long).",
+)
+@click.option(
+    "--tissue-threshold",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=TISSUE_THRESHOLD_DEFAULT,
+    show_default=True,
+    help="A tile is background when at most this fraction of it (and its margin) is tissue.",
+)
+@click.option(
+    "--tissue-mask",
+    type=click.Path(path_type=Path),
+    help="Also write the tissue mask as a PNG here (255 tissue, 128 glass in translated tiles, 0 skipped).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
@@ -211,6 +233,9 @@ def translate_command(
     device_index: int,
     compression: str,
     pyramid: bool,
+    background: str,
+    tissue_threshold: float,
+    tissue_mask: Path | None,
     overwrite: bool,
     quiet: bool,
     as_json: bool,
@@ -249,6 +274,9 @@ def translate_command(
                 pyramid=pyramid,
                 overwrite=overwrite,
                 progress=False if quiet else None,
+                background=background.lower(),
+                tissue_threshold=tissue_threshold,
+                tissue_mask=tissue_mask,
             )
     except DnrtError as exc:
         raise CliError(str(exc), exc.exit_code) from None
@@ -269,9 +297,16 @@ def translate_command(
         click.echo(report.to_json())
     elif not quiet:
         s = report.seconds
+        background = ""
+        if report.tissue_fraction is not None:
+            background = (
+                f", tissue {100 * report.tissue_fraction:.1f} %, {report.tiles_skipped} of {report.tiles} "
+                "tiles skipped"
+            )
         click.echo(
             f"{output}: {report.width} x {report.height}, {report.tiles} tiles, mode {report.mode}, "
-            f"{report.schedule}, {s['total']:.2f} s ({report.megapixels_per_s:.2f} MP/s) on {report.backend}",
+            f"{report.schedule}, {s['total']:.2f} s ({report.megapixels_per_s:.2f} MP/s) on {report.backend}"
+            f"{background}",
             err=True,
         )
 

@@ -40,7 +40,7 @@ import numpy as np
 from dnrt.errors import DnrtError
 
 #: Mask pixels along each tile side (at most; fewer on slides wider than MASK_MAX_SIDE of them).
-MASK_PIXELS_PER_TILE = 8
+MASK_PIXELS_PER_TILE = 16
 #: Longest side of the mask thumbnail, in mask pixels (it stays small on any slide).
 MASK_MAX_SIDE = 2048
 #: Otsu's saturation threshold is clamped to this range.

@@ -110,8 +110,8 @@ def test_thumbnail_is_the_block_mean_with_partial_blocks() -> None:
 
 
 def test_mask_block_divides_the_tile_and_bounds_the_mask() -> None:
-    assert mask_block(512, 4096, 4096) == 64
-    assert mask_block(100, 1000, 1000) == 20  # largest divisor of the tile up to 8 per side
+    assert mask_block(512, 4096, 4096) == 32
+    assert mask_block(100, 1000, 1000) == 10  # the largest divisor of the tile up to 16 per side
     assert mask_block(512, 200_000, 1000) == 128  # 391 tiles: 4 mask pixels each keeps <= 2048
     assert mask_block(16, 16 * 5000, 16) == 16  # more tiles than the bound: one pixel per tile
 
@@ -340,7 +340,10 @@ def test_cli_reports_skipping_and_writes_the_mask(tmp_path: Path, toy_bundle: Pa
     assert report["background"] == "skip" and report["tiles_skipped"] > 0
     assert 0.2 < report["tissue_fraction"] < 0.35 and report["tissue_mask"] == str(mask)
     png = np.asarray(Image.open(mask))
-    assert png.shape == (H // 2, W // 2) and set(np.unique(png).tolist()) == {0, 128, 255}
+    assert png.shape == (
+        H,
+        W,
+    )  # 16 mask pixels per 16 px tile and set(np.unique(png).tolist()) == {0, 128, 255}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
     # Human summary line; an existing mask is refused before any work, the output untouched.
     again = _cli(str(src), "-o", str(tmp_path / "b.tif"), "-m", str(toy_bundle), "--tissue-mask", str(mask))

@@ -53,6 +53,7 @@ from dnrt.runtime.tissue import (
     TissueMask,
     TissueThumbnail,
     detect_tissue,
+    dilate,
     mask_block,
 )
 from dnrt.semantics import (
@@ -287,6 +288,12 @@ class Scheduler:
         self._glass_stats: tuple[np.ndarray, np.ndarray] | None = None
         self._skipping = False
         self._row_chunk_cache: dict[int, list[np.ndarray]] = {}
+        #: The flat glass tile's network input ``[C, S, S]``.
+        self._glass_input: np.ndarray | None = None
+        #: ``[R, Q]``: background tiles some tissue tile's neighbourhood reads (KIN, DN).
+        self._reads_background: np.ndarray | None = None
+        #: Background tiles whose statistics were collected for real (not flat glass).
+        self.background_collects = 0
 
     def _rows_collected_ahead(self) -> int | None:
         """Rows of statistics the collector may write beyond the look-ahead while a row is
@@ -316,8 +323,9 @@ class Scheduler:
 
     @property
     def tile_runs(self) -> int:
-        """Network runs over tiles this job makes, skipped tiles excluded."""
-        return (self.plan.tiles - self.tiles_skipped) * self._passes
+        """Network runs over tiles this job made: skipped tiles excluded, save the collect runs
+        of those whose statistics a tissue tile needed (:meth:`_skip_background`)."""
+        return (self.plan.tiles - self.tiles_skipped) * self._passes + self.background_collects
 
     def _timed(self, phase: str, fn: Callable, *args, **kwargs):
         start = time.perf_counter()
@@ -366,7 +374,7 @@ class Scheduler:
         publish = self._hand_over(out, sink) if out is not None else None
         inputs, scratch = self._stage_buffers("collect")
         chunks, first, after = self._row_schedule(band.row)
-        self._skip_background(band.row, out, record=self.stats is not None, phase="collect")
+        self._skip_background(band.row, out, record=self.stats is not None, phase="collect", band=band)
         if publish is not None and first:
             publish(first)
         for cols, ready in zip(chunks, after, strict=True):
@@ -419,9 +427,17 @@ class Scheduler:
         after = [min(int(c[0]) * t, width) for c in chunks[1:]] + [width] if chunks else []
         return chunks, first, after
 
-    def _skip_background(self, row: int, out: np.ndarray | None, record: bool, phase: str) -> None:
-        """Fill the row's background tiles in ``out`` and (``record``) give them the glass
-        statistics; they count as done for the progress bar."""
+    def _skip_background(
+        self, row: int, out: np.ndarray | None, record: bool, phase: str, band: RowBand | None = None
+    ) -> None:
+        """Fill the row's background tiles in ``out`` and (``record``) give them statistics; they
+        count as done for the progress bar.
+
+        The statistics are the flat glass tile's, except for a background tile that a tissue
+        tile's neighbourhood reads (``_reads_background``) and whose network input is not
+        exactly that flat tile (JPEG ringing, noise that does not saturate): the collect graph
+        runs on it, so the tissue tile reads what a ``translate`` run gives it. Both schedules
+        see the same pixels, so they make the same calls."""
         if not self._skipping:
             return
         assert self.tissue is not None
@@ -429,17 +445,43 @@ class Scheduler:
         if not len(cols):
             return
         if record:
-            assert self.stats is not None and self._glass_stats is not None
-            mean, std = self._glass_stats
-            n = len(cols)
-            self.stats.record(
-                row, cols, np.broadcast_to(mean, (n, mean.size)), np.broadcast_to(std, (n, std.size))
-            )
+            assert self.stats is not None and self._glass_stats is not None and band is not None
+            real = self._background_needing_statistics(band, cols)
+            for i in range(0, len(real), self.options.batch):
+                chunk = real[i : i + self.options.batch]
+                inputs, _ = self._stage_buffers("collect")
+                tiles = self.plan.network_input(band, chunk, out=inputs)
+                _, m, sd = self._timed("collect", self.backend.collect, tiles, self.flavour, image=False)
+                self.stats.record(row, chunk, m, sd)
+                self.background_collects += len(chunk)
+            flat = np.setdiff1d(cols, real) if len(real) else cols
+            if len(flat):
+                mean, std = self._glass_stats
+                n = len(flat)
+                self.stats.record(
+                    row, flat, np.broadcast_to(mean, (n, mean.size)), np.broadcast_to(std, (n, std.size))
+                )
         if out is not None:
             t = self.plan.tile
             for q in cols:
                 out[:, int(q) * t : min(int(q) * t + t, self.plan.width)] = self.background_fill
         self.progress(len(cols), phase)
+
+    def _background_needing_statistics(self, band: RowBand, cols: np.ndarray) -> np.ndarray:
+        """Background tiles of this row that a tissue tile reads and that are not flat glass."""
+        near = cols[self._reads_background[band.row, cols]]
+        if not len(near):
+            return near
+        assert self._glass_input is not None
+        probe = np.empty((1,) + self._glass_input.shape, dtype=np.float32)
+        real = [
+            q
+            for q in near
+            if not np.array_equal(
+                self.plan.network_input(band, np.array([q]), out=probe)[0], self._glass_input
+            )
+        ]
+        return np.array(real, dtype=np.int64)
 
     def _prepare_background(self) -> None:
         """The fill of skipped tiles and (KIN, DN) their statistics entry: the model's translation,
@@ -455,6 +497,7 @@ class Scheduler:
         tiles[:] = self.tissue.background_colour.astype(np.float32)[None, :, None, None]
         np.divide(tiles, np.float32(127.5), out=tiles)
         tiles -= np.float32(1.0)
+        self._glass_input = tiles[0].copy()
         mode = self.options.mode
         if mode is Mode.IN:
             image, _, _ = self._timed("collect", self.backend.collect, tiles, self.flavour, image=True)
@@ -607,6 +650,9 @@ class Scheduler:
                 self.stats = GlobalStats(*moments)  # every tile normalized with the thumbnail's statistics
         if self.options.background == "skip" and self.tissue is not None and self.tissue.background_tiles:
             self._prepare_background()
+            if self.stats is not None and not isinstance(self.stats, GlobalStats):
+                reach = self.stats.lookahead  # DN reads 3 x 3 tiles, KIN k x k
+                self._reads_background = dilate(self.tissue.tiles, reach) & ~self.tissue.tiles
             self._skipping = True
         if mode is Mode.IN:
             self._single_pass(sink, collect=True)

@@ -228,26 +228,27 @@ def test_skip_streams_bit_identically_to_two_pass(
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("mode,reach", [("dn", 1), ("kin", 2)])
-def test_noisy_glass_changes_only_tiles_next_to_skipped_ones(mode: str, reach: int) -> None:
+@pytest.mark.parametrize("mode,degenerate", [("dn", "reference"), ("dn", "slide"), ("kin", "slide")])
+def test_noisy_glass_next_to_tissue_gets_its_real_statistics(mode: str, degenerate: str) -> None:
     image, _ = slide(glass_noise=3.0)
-    opts = {"mode": mode, "degenerate": "reference"}  # the floor alone: noisy glass keeps its own std
+    opts = {"mode": mode, "degenerate": degenerate}
     full, _ = run(image, background="translate", **opts)
     skipped, translator = run(image, background="skip", **opts)
+    tissue = tile_pixels(translator.last_tissue.tiles)
+    np.testing.assert_array_equal(skipped[tissue], full[tissue])
+    # Only the noisy glass tiles some tissue tile reads ran the collect graph, nothing else.
+    report = translator.last_report
     tiles = translator.last_tissue.tiles
+    reach = 1 if mode == "dn" else 2
     rows, cols = tiles.shape
-    changed_somewhere = False
-    for r in range(rows):
-        for q in range(cols):
-            if not tiles[r, q]:
-                continue
-            near = ~tiles[max(r - reach, 0) : r + reach + 1, max(q - reach, 0) : q + reach + 1]
-            box = (slice(r * TILE, r * TILE + TILE), slice(q * TILE, q * TILE + TILE))
-            same = np.array_equal(skipped[box], full[box])
-            if not near.any():
-                assert same, (r, q)
-            changed_somewhere |= not same
-    assert changed_somewhere  # the statement above is not vacuous: noisy glass's entries differ
+    read = sum(
+        1
+        for r in range(rows)
+        for q in range(cols)
+        if not tiles[r, q]
+        and tiles[max(r - reach, 0) : r + reach + 1, max(q - reach, 0) : q + reach + 1].any()
+    )
+    assert read > 0 and report.tile_runs == 2 * (report.tiles - report.tiles_skipped) + read
 
 
 def test_translate_is_unchanged_by_detecting_tissue(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ import numpy as np
 
 from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.options import SCHEDULES
 from dnrt.runtime.pixels import network_output_to_uint8, paste_planar
 from dnrt.runtime.plan import RowBand, TilePlan
 from dnrt.runtime.tables import AreaThumbnail, DenseStats, GlobalStats, KernelStats, NeighbourhoodSource
@@ -68,7 +69,6 @@ from dnrt.semantics import (
     kin_kernel,
 )
 
-SCHEDULES = ("streaming", "two-pass")
 #: What the scheduler does with tiles without tissue (``auto`` is resolved per image before it).
 BACKGROUND_MODES = ("translate", "skip")
 

@@ -77,6 +77,8 @@ class TranslateReport:
     degenerate_ratio: float | None = None
     input: str | None = None
     output: str | None = None
+    #: The pre-flight's estimates (runtime/budget.py Estimate): peak memory, output size, free disk.
+    preflight: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -223,11 +225,20 @@ class Translator:
         progress: bool | None = False,
         backend_options: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
+        # resource bounds (issue 16): run even when the pre-flight estimate does not fit
+        force: bool = False,
     ) -> None:
         try:
             mode = Mode(mode)
         except ValueError:
             raise DnrtError(f"unknown mode {mode!r} (expected one of in, tin, kin, dn)") from None
+        # resource bounds (issue 16): options that size memory or threads, before anything loads
+        from dnrt.runtime.budget import check_kin_kernel_size, check_threads
+
+        check_threads(threads)
+        if mode is Mode.KIN:
+            check_kin_kernel_size(kin_kernel)
+        self.force = bool(force)
         self.bundle = _bundle(model, backend)
         manifest = self.bundle.manifest
         self.tile = int(tile if tile is not None else manifest.tile)
@@ -297,12 +308,14 @@ class Translator:
                 f"the model takes {manifest.in_channels}-channel images; the input is {what} image"
             )
 
-    def _run(self, source: Any, sink: Any, **report_extra: Any) -> TranslateReport:
+    def _run(self, source: Any, sink: Any, estimate: Any = None, **report_extra: Any) -> TranslateReport:
         manifest = self.bundle.manifest
         self._check_source(source)
         plan = TilePlan.create(
             source.height, source.width, self.tile, self.margin, manifest.strides, self.margin_source
         )
+        if estimate is None:
+            estimate = self._preflight(source, plan)
         self.open()
         times = PhaseTimes()
         start = time.perf_counter()
@@ -354,10 +367,53 @@ class Translator:
             margin_source=self.margin_source,
             degenerate=self.options.degenerate.value if self.options.mode is Mode.DN else None,
             degenerate_ratio=self.options.degenerate_ratio if self.options.mode is Mode.DN else None,
+            preflight=estimate.as_dict(),
             **report_extra,
         )
         self.last_report = report
         return report
+
+    # resource bounds (issue 16): the pre-flight, before the backend loads or the output exists
+    def _preflight(
+        self,
+        source: Any,
+        plan: TilePlan,
+        output: Any = None,
+        compression: str = "zlib",
+        pyramid: bool = False,
+    ) -> Any:
+        from dnrt.runtime.budget import (
+            check_fits,
+            check_kin_kernel_for_grid,
+            check_tile_for_image,
+            disk_free,
+            estimate_run,
+            output_bytes,
+        )
+
+        manifest = self.bundle.manifest
+        check_tile_for_image(manifest, self.tile, source.height, source.width)
+        if self.options.mode is Mode.KIN:
+            check_kin_kernel_for_grid(self.options.kin_kernel, plan.rows, plan.cols)
+        estimate = estimate_run(
+            manifest,
+            height=source.height,
+            width=source.width,
+            tile=self.tile,
+            margin=self.margin,
+            batch=self.options.batch,
+            rows=plan.rows,
+            cols=plan.cols,
+            two_pass=self.options.schedule == "two-pass",
+            overlap=resolve_overlap(self.options, self.backend),
+        )
+        if output is not None:
+            estimate.output_bytes = output_bytes(
+                source.height, source.width, manifest.out_channels, compression, pyramid
+            )
+            estimate.disk_free_bytes = disk_free(output)
+        check_fits(estimate, force=self.force)
+        return estimate
 
     def translate(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Translate an in-memory image ``uint8 [H, W, C]``; returns ``uint8 [H, W, C_out]``.
@@ -403,7 +459,7 @@ class Translator:
         # Everything that can be refused is refused before the output file is created.
         check_compression(output, compression)
         self._check_source(source)
-        TilePlan.create(
+        plan = TilePlan.create(
             source.height,
             source.width,
             self.tile,
@@ -411,6 +467,7 @@ class Translator:
             self.bundle.manifest.strides,
             self.margin_source,
         )
+        estimate = self._preflight(source, plan, output, compression, pyramid)
         self.open()
         writer = open_writer(
             output,
@@ -425,7 +482,7 @@ class Translator:
         )
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
-            return self._run(source, writer, input=str(input), output=str(output))
+            return self._run(source, writer, estimate, input=str(input), output=str(output))
         except BaseException:
             writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
             raise
@@ -446,7 +503,7 @@ def translate(
 
     ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, margin_source,
     batch, kin_kernel, kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads,
-    progress, backend_options, on_progress). Checks run cheapest
+    progress, backend_options, on_progress, force). Checks run cheapest
     first: the output path, then the input image, then the bundle, then the backend loads.
     """
     from dnrt.runtime.io import check_output_path, open_image

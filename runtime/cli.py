@@ -164,7 +164,7 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     "--threads",
     type=int,
     callback=_positive,
-    help="CPU threads for the model [default: all cores; one for a tiny network on ort].",
+    help="CPU threads for the model, at most the cores available [default: all cores; one for a tiny network on ort].",
 )
 @click.option(
     "--overlap/--no-overlap",
@@ -187,6 +187,12 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
 )
 @click.option("--pyramid", is_flag=True, help="Add reduced-resolution levels (OpenSlide/QuPath readable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+# resource bounds (issue 16): the pre-flight's refusal can be overridden
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run even when the pre-flight estimates that memory or disk space will not suffice.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
 def translate_command(
@@ -212,6 +218,7 @@ def translate_command(
     compression: str,
     pyramid: bool,
     overwrite: bool,
+    force: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -249,6 +256,7 @@ def translate_command(
                 pyramid=pyramid,
                 overwrite=overwrite,
                 progress=False if quiet else None,
+                force=force,
             )
     except DnrtError as exc:
         raise CliError(str(exc), exc.exit_code) from None

@@ -447,3 +447,67 @@ def test_external_data_inside_the_bundle_is_accepted(tmp_path: Path) -> None:
             with pytest.raises(DnrtError, match="outside the bundle folder"):
                 check_external_data(model, tmp_path, "g.onnx")
     assert isinstance(model, onnx.ModelProto)
+
+
+# --------------------------------------------------------------------------- 5. resource bounds
+
+
+@pytest.fixture
+def square256(tmp_path: Path) -> Path:
+    tifffile.imwrite(tmp_path / "in.tif", _rgb(256, 256), photometric="rgb", tile=(16, 16))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tile", "1000000000"], "tile 1000000000 is larger than the image (256 x 256 px)"),
+        (["--tile", "4096"], "use a tile of at most 256"),
+        (["--mode", "kin", "--kin-kernel", "100001"], "KIN kernel size 100001 is over the limit of 4095"),
+        (["--mode", "kin", "--kin-kernel", "101"], "the image is 16 x 16 tiles"),
+        (["--mode", "kin", "--kin-kernel", "101", "--tile", "128"], "at most 15 tiles"),
+        (["--threads", "100000"], "threads must be between 1 and"),
+    ],
+)
+def test_options_that_size_memory_are_bounded(
+    square256: Path, bundle: Path, args: list[str], message: str
+) -> None:
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "out.tif", "-m", bundle, "-q", *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+    assert _files(square256) == {"in.tif"}
+
+
+def test_largest_useful_tile_and_kernel_are_accepted(square256: Path, bundle: Path) -> None:
+    code, err = _translate(
+        square256 / "in.tif", "-o", square256 / "a.tif", "-m", bundle, "-q", "--tile", "256"
+    )
+    assert (code, err) == (0, "")
+    args = ["--mode", "kin", "--kin-kernel", "31"]
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "b.tif", "-m", bundle, "-q", *args)
+    assert (code, err) == (0, "")
+
+
+def test_memory_estimate_refuses_before_allocating(
+    square256: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dnrt.runtime import budget
+
+    monkeypatch.setattr(budget, "memory_available", lambda: 50 << 20)  # 50 MB left
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "out.tif", "-m", bundle, "-q")
+    assert code == 1
+    assert "of memory by estimate" in err and "but 52 MB is available" in err and "--force" in err
+    assert _files(square256) == {"in.tif"}
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "out.tif", "-m", bundle, "-q", "--force")
+    assert (code, err) == (0, "")
+
+
+def test_memory_available_follows_the_address_space_limit() -> None:
+    code = (
+        "import resource; from dnrt.runtime.budget import memory_available, _address_space;"
+        "resource.setrlimit(resource.RLIMIT_AS, (_address_space() + (300 << 20), resource.RLIM_INFINITY));"
+        "print(memory_available() >> 20)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 280 <= int(out) <= 300

@@ -511,3 +511,45 @@ def test_memory_available_follows_the_address_space_limit() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert 280 <= int(out) <= 300
+
+
+# --------------------------------------------------------------------------- 6. TIFF decode cache
+
+
+def test_huge_stored_tiles_are_refused_with_the_number(tmp_path: Path) -> None:
+    from corpus.tiffbytes import Tiff
+
+    from dnrt.runtime.io import open_image
+
+    path = tmp_path / "huge.tif"
+    path.write_bytes(Tiff(200_000, 200_000, tile=(16384, 16384), bigtiff=True).to_bytes())
+    with pytest.raises(
+        DnrtError, match=r"16384 x 16384 px tiles of 768 MiB each decoded, over dnrt's limit of 512"
+    ):
+        open_image(path)
+
+
+def test_decode_cache_is_bounded_whatever_the_tile_size(tmp_path: Path) -> None:
+    from dnrt.runtime.io import open_image
+
+    height, width, tile = 1024, 16384, 4096
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, np.full((height, width, 3), 7, np.uint8), tile=(tile, tile), photometric="rgb")
+    segment = tile * tile * 3
+    with open_image(path) as source:
+        # Two rows of 512 px of the image's width, or one stored tile when that is larger: not two
+        # rows of stored tiles (2 x 4096 rows), which is what the cache held before.
+        assert source._cache_bytes == (8 << 20) + max(segment, 1024 * width * 3)
+        peak = 0
+        remember = source._remember
+
+        def spy(key: object, seg: np.ndarray) -> None:
+            nonlocal peak
+            remember(key, seg)
+            peak = max(peak, source._cache_used)
+
+        source._remember = spy  # type: ignore[method-assign]
+        for y in range(0, height, 256):
+            band = source.read_region(max(0, y - 16), min(height, y + 272), 0, width)
+            assert band.min() == band.max() == 7
+        assert peak <= source._cache_bytes

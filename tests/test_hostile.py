@@ -553,3 +553,78 @@ def test_decode_cache_is_bounded_whatever_the_tile_size(tmp_path: Path) -> None:
             band = source.read_region(max(0, y - 16), min(height, y + 272), 0, width)
             assert band.min() == band.max() == 7
         assert peak <= source._cache_bytes
+
+
+# --------------------------------------------------------------------------- 7. PNG / JPEG decoding
+
+
+def test_png_declaring_more_than_its_file_can_hold_is_refused(tmp_path: Path) -> None:
+    from corpus.pngbytes import png
+
+    from dnrt.runtime.io import open_image
+
+    (tmp_path / "bomb.png").write_bytes(png(30000, 30000, rows=1))
+    with pytest.raises(DnrtError, match=r"declares 30000 x 30000 px \(2700 MB of pixel data\) in a file of"):
+        open_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("cut", ["stream", "file"])
+def test_png_with_missing_rows_is_refused(tmp_path: Path, cut: str) -> None:
+    from corpus.pngbytes import png
+
+    from dnrt.runtime.io import open_image
+
+    data = png(64, 64, rows=30) if cut == "stream" else png(64, 64)[:50]
+    (tmp_path / "short.png").write_bytes(data)
+    with pytest.raises(DnrtError, match="truncated"):
+        open_image(tmp_path / "short.png")
+    (tmp_path / "full.png").write_bytes(png(64, 64))
+    with open_image(tmp_path / "full.png") as source:
+        assert (source.read_region(0, 64, 0, 64) == 100).all()
+
+
+@pytest.mark.parametrize("kind", ["interlaced", "bilevel", "rgba", "grey16", "palette"])
+def test_png_check_accepts_every_layout(tmp_path: Path, kind: str) -> None:
+    from PIL import Image
+
+    from dnrt.runtime.io import open_image
+
+    rgb = _rgb(37, 53)
+    image = {
+        "interlaced": Image.fromarray(rgb),
+        "bilevel": Image.fromarray(rgb[:, :, 0] > 128),
+        "rgba": Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])),
+        "grey16": Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257),
+        "palette": Image.fromarray(rgb).convert("P"),
+    }[kind]
+    image.save(tmp_path / "a.png", interlace=int(kind == "interlaced"))
+    with open_image(tmp_path / "a.png") as source:
+        assert (source.height, source.width) == (37, 53)
+
+
+def test_truncated_jpeg_is_refused(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from dnrt.runtime.io import open_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(_rgb(256, 256)).save(buffer, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(DnrtError, match="truncated"):
+        open_image(tmp_path / "cut.jpg")
+
+
+def test_whole_image_decode_must_fit_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from dnrt.runtime import budget
+    from dnrt.runtime.io import open_image
+
+    Image.fromarray(np.full((2000, 3000, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    monkeypatch.setattr(budget, "memory_available", lambda: 10 << 20)
+    with pytest.raises(
+        DnrtError, match=r"declares 3000 x 2000 px; decoding it whole needs about 54 MB but 10 MB"
+    ):
+        open_image(tmp_path / "white.png")

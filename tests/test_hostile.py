@@ -628,3 +628,117 @@ def test_whole_image_decode_must_fit_in_memory(tmp_path: Path, monkeypatch: pyte
         DnrtError, match=r"declares 3000 x 2000 px; decoding it whole needs about 54 MB but 10 MB"
     ):
         open_image(tmp_path / "white.png")
+
+
+# --------------------------------------------------------------------------- 8. manifest schema
+
+
+def _manifest(bundle: Path) -> dict:
+    import json
+
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"L0.stride": 0}, "layers[0].stride: must be between 1 and 1024, got 0"),
+        ({"L0.stride": 3}, "layers[0].stride: must be a power of two, got 3"),
+        ({"L0.stride": -4}, "layers[0].stride: must be between 1 and 1024, got -4"),
+        ({"tile": "16"}, "tile: must be an integer, got '16'"),
+        ({"tile": None}, "tile: must be an integer, got null"),
+        ({"tile": 32.5}, "tile: must be an integer, got 32.5"),
+        ({"tile": 1000000000}, "tile: must be between 1 and 16384, got 1000000000"),
+        ({"tile": 18}, "tile: tile 18 + 2 x margin 4 = 26 px must be divisible by 4"),
+        ({"in_channels": "3"}, "in_channels: must be an integer, got '3'"),
+        ({"in_channels": True}, "in_channels: must be an integer, got a boolean"),
+        ({"L0.channels": 1e12}, "layers[0].channels: must be an integer, got 1000000000000.0"),
+        ({"L0.offset": 100}, "layers[0].offset: slice [100, 104) is outside the packed statistics [0, 7)"),
+        ({"L1.offset": 2}, "overlaps layers[0]'s"),
+        ({"L0.activation": "gelu"}, "layers[0].activation: must be one of none, relu, got 'gelu'"),
+        ({"L0.name": "x" * 20_000}, "layers[0].name: must be at most 256 characters, got 20000"),
+        ({"L0.affine": 1}, "layers[0].affine: must be true or false, got 1"),
+        ({"layers": "n0"}, "layers: must be an array of layer objects, got 'n0'"),
+        ({"dn_eps": -1}, "dn_eps: must be a number between 0 and 1, got -1"),
+        ({"total_channels": 8}, "total_channels: must be the sum of the layers' channels (7), got 8"),
+        ({"margin": 16}, "margin: must be smaller than the tile (16), got 16"),
+        ({"extra": 1}, "'extra': is not a manifest field"),
+    ],
+)
+def test_manifest_schema_names_the_field(tmp_path: Path, bundle: Path, change: dict, message: str) -> None:
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    data = _manifest(bundle)
+    for key, value in change.items():
+        if key.startswith("L"):
+            index, field = key[1:].split(".")
+            data["layers"][int(index)][field] = value
+        else:
+            data[key] = value
+    (broken / "manifest.json").write_text(json.dumps(data))
+    tifffile.imwrite(tmp_path / "in.tif", _rgb(40, 50), photometric="rgb")
+    code, err = _translate(tmp_path / "in.tif", "-o", tmp_path / "out.tif", "-m", broken, "-q")
+    assert code == 1
+    assert err == f"error: bundle manifest is malformed: {message}\n" or (
+        err.startswith("error: bundle manifest is malformed: ") and message in err and err.count("\n") == 1
+    )
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_manifest_lists_every_problem(bundle: Path) -> None:
+    from dnrt.bundle import Manifest
+
+    data = _manifest(bundle)
+    data["tile"] = -1
+    data["layers"][0]["stride"] = 3
+    data["layers"][1]["activation"] = "gelu"
+    with pytest.raises(DnrtError) as info:
+        Manifest.from_dict(data)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "bundle manifest is malformed (3 problems):"
+    assert lines[1:] == [
+        "  tile: must be between 1 and 16384, got -1",
+        "  layers[0].stride: must be a power of two, got 3",
+        "  layers[1].activation: must be one of none, relu, got 'gelu'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"tile": NaN}', "contains NaN"),
+        ('{"dn_eps": Infinity}', "contains Infinity"),
+        ('{"dn_eps": 1e999}', "contains 1e999, which overflows a float"),
+        ('{"tile": ' + "9" * 5000 + "}", "contains a 5000-digit integer"),
+        ("[" * 10_000 + "]" * 10_000, "nests arrays/objects 10000 deep, over the limit of 32"),
+        ('{"tile": 16', "is not valid JSON"),
+    ],
+)
+def test_manifest_json_that_no_exporter_writes_is_refused(
+    tmp_path: Path, bundle: Path, text: str, message: str
+) -> None:
+    import shutil
+
+    from dnrt.bundle import load_bundle
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "manifest.json").write_text(text)
+    with pytest.raises(DnrtError, match=message):
+        load_bundle(broken)
+
+
+def test_huge_manifest_is_refused_before_it_is_read(tmp_path: Path, bundle: Path) -> None:
+    import shutil
+
+    from dnrt.bundle import load_bundle
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    with open(broken / "manifest.json", "r+b") as fh:
+        fh.truncate(4 << 30)  # a sparse 4 GB file: reading it whole would take 4 GB
+    with pytest.raises(DnrtError, match=r"is 4294967296 bytes, over the limit of 1048576"):
+        load_bundle(broken)

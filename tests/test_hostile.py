@@ -742,3 +742,39 @@ def test_huge_manifest_is_refused_before_it_is_read(tmp_path: Path, bundle: Path
         fh.truncate(4 << 30)  # a sparse 4 GB file: reading it whole would take 4 GB
     with pytest.raises(DnrtError, match=r"is 4294967296 bytes, over the limit of 1048576"):
         load_bundle(broken)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"in_channels": 1}, "declares tiles with 3 channels but the manifest says 1 (in_channels)"),
+        ({"n1": 4, "total_channels": 8}, "with 7 channels but the manifest says 8 (the layers' channels)"),
+    ],
+)
+def test_manifest_must_agree_with_the_graphs(
+    tmp_path: Path, bundle: Path, change: dict, message: str
+) -> None:
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    data = _manifest(bundle)
+    for key, value in change.items():
+        if key == "n1":
+            data["layers"][1]["channels"] = value
+        else:
+            data[key] = value
+    (broken / "manifest.json").write_text(json.dumps(data))
+    channels = data["in_channels"]
+    tifffile.imwrite(
+        tmp_path / "in.tif",
+        _rgb(40, 50)[:, :, :channels].squeeze(),
+        photometric="minisblack" if channels == 1 else "rgb",
+    )
+    code, err = _translate(
+        tmp_path / "in.tif", "-o", tmp_path / "out.tif", "-m", broken, "-q", "--backend", "ort"
+    )
+    assert code == 1 and err.count("\n") == 1
+    assert message in err
+    assert not (tmp_path / "out.tif").exists()

@@ -316,11 +316,14 @@ class Translator:
         )
         if estimate is None:
             estimate = self._preflight(source, plan)
-        self.open()
         times = PhaseTimes()
-        start = time.perf_counter()
         scheduler = Scheduler(self.backend, plan, self.options, times=times)
+        # The bar is up before the model loads (pre-flight: it shows every phase from the start).
         with Progress(scheduler.total_tile_runs, enabled=self.progress) as bar:
+            bar.note(estimate.line())
+            bar(0, "loading the model")
+            self.open()
+            start = time.perf_counter()
             scheduler.progress = bar
             hook = (
                 None

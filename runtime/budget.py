@@ -53,7 +53,9 @@ def gb(n: float) -> str:
         return f"{n / 1e12:.3g} TB"
     if n >= 1e9:
         return f"{n / 1e9:.1f} GB"
-    return f"{n / 1e6:.0f} MB"
+    if n >= 1e6:
+        return f"{n / 1e6:.0f} MB"
+    return f"{n / 1e3:.0f} kB" if n >= 1e3 else f"{int(n)} bytes"
 
 
 def _round_up(n: int, multiple: int) -> int:

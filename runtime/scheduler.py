@@ -395,9 +395,11 @@ class Scheduler:
         thumb = AreaThumbnail(self.plan.height, self.plan.width, self.manifest.in_channels, t)
         reader = self._reader()
         try:
+            self.progress(0, "thumbnail")
             for band in reader:
                 y0, y1 = self.plan.output_extent(band.row)
                 self._timed("thumbnail", thumb.add, y0, band.pixels[y0 - band.y0 : y1 - band.y0])
+                self.progress(0, f"thumbnail {band.row + 1}/{self.plan.rows} rows")
         finally:
             reader.close()
         pixels = thumb.result()

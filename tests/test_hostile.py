@@ -778,3 +778,60 @@ def test_manifest_must_agree_with_the_graphs(
     assert code == 1 and err.count("\n") == 1
     assert message in err
     assert not (tmp_path / "out.tif").exists()
+
+
+# --------------------------------------------------------------------------- 9. pre-flight
+
+
+def test_preflight_refuses_an_output_that_cannot_fit(
+    work: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dnrt.runtime import budget
+
+    monkeypatch.setattr(budget, "disk_free", lambda path: 1000)
+    code, err = _translate(
+        work / "in.tif", "-o", work / "out.tif", "-m", bundle, "-q", "--compression", "none"
+    )
+    assert code == 1 and err.count("\n") == 1
+    # 40 x 50 px x 3 channels, uncompressed: 6000 bytes.
+    assert "the output needs about 6 kB by estimate but its folder has 1 kB free" in err
+    assert _files(work) == {"in.tif"}
+    code, err = _translate(work / "in.tif", "-o", work / "out.tif", "-m", bundle, "-q", "--force")
+    assert (code, err) == (0, "")
+
+
+def test_preflight_estimates_are_reported(work: Path, bundle: Path) -> None:
+    import json
+
+    from dnrt.runtime import budget
+
+    result = CliRunner().invoke(
+        translate_command,
+        [
+            str(work / "in.tif"),
+            "-o",
+            str(work / "o.tif"),
+            "-m",
+            str(bundle),
+            "--json",
+            "--compression",
+            "none",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    pre = json.loads(result.stdout)["preflight"]
+    assert pre["output_bytes"] == 40 * 50 * 3
+    assert pre["peak_memory_bytes"] >= pre["network_bytes"] > 0
+    assert pre["disk_free_bytes"] == budget.disk_free(work / "o.tif") or pre["disk_free_bytes"] > 0
+
+
+def test_progress_is_shown_before_the_first_tile(
+    work: Path, bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import dnrt
+
+    dnrt.translate(work / "in.tif", work / "o.tif", model=bundle, mode="dn", progress=True)
+    err = capsys.readouterr().err
+    assert "pre-flight: peak memory ~" in err
+    shown = [err.find(word) for word in ("loading the model", "thumbnail 1/3 rows", "thumbnail 3/3 rows")]
+    assert -1 not in shown and shown == sorted(shown), err

@@ -835,3 +835,37 @@ def test_progress_is_shown_before_the_first_tile(
     assert "pre-flight: peak memory ~" in err
     shown = [err.find(word) for word in ("loading the model", "thumbnail 1/3 rows", "thumbnail 3/3 rows")]
     assert -1 not in shown and shown == sorted(shown), err
+
+
+# --------------------------------------------------------------------------- 10. TIFF orientation
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (6, r"has TIFF Orientation 6 \(stored pixels are shown rotated 90 degrees clockwise\)"),
+        (2, r"has TIFF Orientation 2 \(stored pixels are shown mirrored left-right\)"),
+        (99, r"has an invalid TIFF Orientation tag \(99; valid: 1 to 8\)"),
+        (0, r"has an invalid TIFF Orientation tag \(0; valid: 1 to 8\)"),
+    ],
+)
+def test_non_default_orientation_is_refused(tmp_path: Path, value: int, message: str) -> None:
+    from corpus.tiffbytes import ORIENTATION, SHORT, Tiff, deflate_tile
+
+    from dnrt.runtime.io import open_image
+
+    tiff = Tiff(40, 50, segments=[deflate_tile(16, 16)], extra={ORIENTATION: (SHORT, [value])})
+    (tmp_path / "o.tif").write_bytes(tiff.to_bytes())
+    with pytest.raises(DnrtError, match=message):
+        open_image(tmp_path / "o.tif")
+
+
+def test_default_orientation_is_read(tmp_path: Path) -> None:
+    from corpus.tiffbytes import ORIENTATION, SHORT, Tiff, deflate_tile
+
+    from dnrt.runtime.io import open_image
+
+    tiff = Tiff(40, 50, segments=[deflate_tile(16, 16)], extra={ORIENTATION: (SHORT, [1])})
+    (tmp_path / "o.tif").write_bytes(tiff.to_bytes())
+    with open_image(tmp_path / "o.tif") as source:
+        assert (source.read_region(0, 50, 0, 40) == 128).all()

@@ -433,6 +433,7 @@ def _build_source(path: Path, tif: Any, cache_bytes: int | None, workers: int | 
             "dnrt translates 8-bit images (16-bit are converted); convert it first"
         )
     check_sample_dtype(keyframe.dtype, name)
+    _check_orientation(keyframe, name)
 
     source = TiffSource(path, tif, cache_bytes, workers)
     try:
@@ -471,6 +472,42 @@ def _build_source(path: Path, tif: Any, cache_bytes: int | None, workers: int | 
         + (f" ({notes})" if notes else "")
     )
     return source
+
+
+#: TIFF Orientation (tag 274) values: where row 0 and column 0 of the stored pixels are shown.
+_ORIENTATIONS = {
+    2: "mirrored left-right",
+    3: "rotated 180 degrees",
+    4: "mirrored top-bottom",
+    5: "transposed (mirrored along the main diagonal)",
+    6: "rotated 90 degrees clockwise",
+    7: "transverse (mirrored along the other diagonal)",
+    8: "rotated 90 degrees counter-clockwise",
+}
+
+
+def _check_orientation(page: Any, name: str) -> None:
+    """Refuse an image whose Orientation tag asks viewers to rotate or mirror it.
+
+    dnrt translates and writes pixels in stored order, and the output carries no Orientation
+    tag: applying the tag would change the output's size (5-8 swap width and height), keeping it
+    would need every writer to copy it, and dropping it silently shows the output turned against
+    the input. So anything but the default (1, or no tag) is refused with the way out.
+    """
+    tag = page.tags.get(274)
+    if tag is None:
+        return
+    value = tag.value
+    value = int(value) if isinstance(value, (int, np.integer)) else value
+    if value == 1:
+        return
+    if value in _ORIENTATIONS:
+        raise DnrtError(
+            f"{name} has TIFF Orientation {value} (stored pixels are shown {_ORIENTATIONS[value]}); dnrt "
+            "translates pixels in stored order and cannot keep that: apply the orientation first "
+            "(e.g. vips autorot IN OUT) and translate the result"
+        )
+    raise DnrtError(f"{name} has an invalid TIFF Orientation tag ({str(value)[:40]}; valid: 1 to 8)")
 
 
 def _default_cache(plane: _Plane) -> int:

@@ -409,6 +409,8 @@ class Translator:
             cols=plan.cols,
             two_pass=self.options.schedule == "two-pass",
             overlap=resolve_overlap(self.options, self.backend),
+            lookahead={Mode.DN: 1, Mode.KIN: self.options.kin_kernel // 2}.get(self.options.mode, 0),
+            reader_bytes=int(getattr(source, "_cache_bytes", 0)),
         )
         if output is not None:
             estimate.output_bytes = output_bytes(

@@ -182,16 +182,21 @@ def estimate_run(
     cols: int,
     two_pass: bool,
     overlap: bool,
+    lookahead: int = 1,
+    reader_bytes: int = 0,
 ) -> Estimate:
     """Peak memory of a run by its parts (see the README's memory section)."""
     size = tile + 2 * margin
     passes = 2 if overlap else 1  # collect and infer running at once each hold a call's memory
     net = network_bytes(manifest, size, batch) * passes
-    # Row bands of input (read-ahead + look-ahead + the one inferred) and of output, uint8, and
-    # each stage's float32 network-input and output buffers.
+    # Row bands of input (the one read ahead, the look-ahead rows, the one inferred) and of output
+    # (the one computed, the one the writer encodes), uint8; each stage's float32 network-input
+    # and output buffers; what the reader caches (``reader_bytes``: the TIFF decode cache).
     band_rows = min(height, tile + 2 * margin)
-    bands = 5 * band_rows * width * (manifest.in_channels + manifest.out_channels)
+    in_bands = 2 + (0 if two_pass else lookahead)
+    bands = band_rows * width * (manifest.in_channels * in_bands + manifest.out_channels * 2)
     bands += 2 * batch * size * size * (manifest.in_channels + manifest.out_channels) * 4
+    bands += reader_bytes
     # Statistics tables: mean and std (float32) per tile and channel, a few rows of them when
     # streaming, every row for two-pass.
     table_rows = rows if two_pass else min(rows, 8)

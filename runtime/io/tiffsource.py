@@ -93,6 +93,7 @@ class _Plane:
             and kf.is_final
             and kf.bitspersample in (8, 16)
             and len(self.offsets) > 0
+            and int(self.offsets[0]) > 0  # no data at all: the general path shows it as black
             and self.raw_dtype.kind in "ub"
         ):
             itemsize = self.raw_dtype.itemsize

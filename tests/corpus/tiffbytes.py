@@ -36,10 +36,11 @@ class Tiff:
     bigtiff: bool = False
 
     def segment_count(self) -> int:
+        """Segments the geometry implies (a zero tile size or strip height counts as one)."""
         if self.tile is not None:
-            th, tw = self.tile
+            th, tw = (max(1, n) for n in self.tile)
             return -(-self.height // th) * -(-self.width // tw)
-        return -(-self.height // self.rows_per_strip)
+        return -(-self.height // max(1, self.rows_per_strip))
 
     def to_bytes(self) -> bytes:
         n = self.segment_count()
@@ -91,7 +92,8 @@ def _layout(tags: dict[int, tuple[int, list[int]]], payload: bytes, bigtiff: boo
     entries, blobs = bytearray(), bytearray()
     for tag in sorted(tags):
         kind, values = tags[tag]
-        raw = struct.pack("<" + code[kind] * len(values), *values)
+        top = (1 << {SHORT: 16, LONG: 32, LONG8: 64}[kind]) - 1  # what the field type can hold
+        raw = struct.pack("<" + code[kind] * len(values), *(min(v, top) for v in values))
         head_fmt = "<HHQ" if bigtiff else "<HHI"
         entries += struct.pack(head_fmt, tag, kind, len(values))
         if len(raw) <= inline:

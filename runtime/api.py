@@ -411,6 +411,7 @@ class Translator:
             overlap=resolve_overlap(self.options, self.backend),
             lookahead={Mode.DN: 1, Mode.KIN: self.options.kin_kernel // 2}.get(self.options.mode, 0),
             reader_bytes=int(getattr(source, "_cache_bytes", 0)),
+            gpu=self.backend.name in ("ort-cuda", "torch-cuda", "trt"),
         )
         if output is not None:
             estimate.output_bytes = output_bytes(

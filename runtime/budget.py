@@ -184,11 +184,13 @@ def estimate_run(
     overlap: bool,
     lookahead: int = 1,
     reader_bytes: int = 0,
+    gpu: bool = False,
 ) -> Estimate:
-    """Peak memory of a run by its parts (see the README's memory section)."""
+    """Peak host memory of a run by its parts (see the README's memory section); on a GPU
+    backend (``gpu``) the activations live in device memory and are not counted."""
     size = tile + 2 * margin
     passes = 2 if overlap else 1  # collect and infer running at once each hold a call's memory
-    net = network_bytes(manifest, size, batch) * passes
+    net = 0.0 if gpu else network_bytes(manifest, size, batch) * passes
     # Row bands of input (the one read ahead, the look-ahead rows, the one inferred) and of output
     # (the one computed, the one the writer encodes), uint8; each stage's float32 network-input
     # and output buffers; what the reader caches (``reader_bytes``: the TIFF decode cache).

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from dnrt.errors import DnrtError
+from dnrt.manifest_schema import MAX_MANIFEST_BYTES, ManifestSyntaxError, manifest_problems, parse_manifest
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -153,13 +154,25 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        data = dict(data)
+        original, data = data, dict(data)
         data.pop("total_channels", None)
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+            shown = version if isinstance(version, (int, float, str, type(None))) else type(version).__name__
             raise DnrtError(
-                f"bundle format version {version!r} is not supported (this dnrt reads {FORMAT_VERSION})"
+                f"bundle format version {str(shown)[:40]!r} is not supported (this dnrt reads {FORMAT_VERSION})"
             )
+        # Validated bundles (issue 16): every field's type, range and consistency, before use.
+        problems = manifest_problems(
+            original,
+            {f.name for f in fields(cls)} | {"total_channels"},
+            {f.name for f in fields(LayerSpec)},
+        )
+        if len(problems) == 1:
+            raise DnrtError(f"bundle manifest is malformed: {problems[0]}")
+        if problems:
+            lines = "\n".join(f"  {p}" for p in problems)
+            raise DnrtError(f"bundle manifest is malformed ({len(problems)} problems):\n{lines}")
         try:
             data["layers"] = [LayerSpec(**layer) for layer in data["layers"]]
             if "batchnorm" not in data:
@@ -218,10 +231,17 @@ def load_bundle(path: str | Path) -> Bundle:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise DnrtError(f"{path} is not a model bundle: {MANIFEST} is missing")
+    # Validated bundles (issue 16): the size is checked before the file is read.
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise DnrtError(
+            f"bundle manifest {manifest_path} is {size} bytes, over the limit of {MAX_MANIFEST_BYTES}"
+        )
     try:
-        data = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DnrtError(f"bundle manifest {manifest_path} is not valid JSON: {exc}") from None
+        with open(manifest_path, "rb") as fh:
+            data = parse_manifest(fh.read(MAX_MANIFEST_BYTES + 1))
+    except ManifestSyntaxError as exc:
+        raise DnrtError(f"bundle manifest {manifest_path} is not valid: {exc}") from None
     if not isinstance(data, dict):
         raise DnrtError(f"bundle manifest {manifest_path} is malformed: expected a JSON object")
     manifest = Manifest.from_dict(data)

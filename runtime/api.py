@@ -94,6 +94,8 @@ class TranslateReport:
     background_fill: list[int] | None = None
     #: Where the tissue mask PNG was written, if asked for.
     tissue_mask: str | None = None
+    #: The pre-flight's estimates (runtime/budget.py Estimate): peak memory, output size, free disk.
+    preflight: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -256,6 +258,12 @@ class Translator:
         if backend_options is not None and not isinstance(backend_options, dict):
             raise DnrtError(f"backend_options must be a dict, got {backend_options!r}", exit_code=2)
         opts = self.options
+        # resource bounds (issue 16): options that size memory or threads, before anything loads
+        from dnrt.runtime.budget import check_kin_kernel_size, check_threads
+
+        check_threads(opts.threads)
+        if opts.mode is Mode.KIN:
+            check_kin_kernel_size(opts.kin_kernel)
         self.bundle = _bundle(model, instance)
         self.tile, self.margin = self._check_geometry(self.bundle, opts)
         self.margin_source = opts.margin_source
@@ -350,6 +358,7 @@ class Translator:
         plan: TilePlan | None = None,
         tissue_mask: str | os.PathLike | None = None,
         overwrite: bool = False,
+        estimate: Any = None,
         **report_extra: Any,
     ) -> TranslateReport:
         manifest = self.bundle.manifest
@@ -361,11 +370,16 @@ class Translator:
         schedule_options = dataclasses.replace(
             self.schedule_options, background=background, detect_tissue=tissue_mask is not None
         )
-        self.open()
+        if estimate is None:
+            estimate = self._preflight(source, plan)
         times = PhaseTimes()
-        start = time.perf_counter()
         scheduler = Scheduler(self.backend, plan, schedule_options, times=times)
+        # The bar is up before the model loads (pre-flight: it shows every phase from the start).
         with Progress(scheduler.total_tile_runs, enabled=self.progress) as bar:
+            bar.note(estimate.line())
+            bar(0, "loading the model")
+            self.open()
+            start = time.perf_counter()
             scheduler.progress = bar
             hook = (
                 None
@@ -426,10 +440,57 @@ class Translator:
             if not scheduler.tiles_skipped or scheduler.background_fill is None
             else [int(v) for v in scheduler.background_fill],
             tissue_mask=None if tissue_mask is None else str(tissue_mask),
+            preflight=estimate.as_dict(),
             **report_extra,
         )
         self.last_report = report
         return report
+
+    # resource bounds (issue 16): the pre-flight, before the backend loads or the output exists
+    def _preflight(
+        self, source: Any, plan: TilePlan, output: Any = None, options: TranslateOptions | None = None
+    ) -> Any:
+        """Refuse a run that cannot fit (memory, disk) before its first tile; the estimate."""
+        from dnrt.runtime.budget import (
+            check_fits,
+            check_kin_kernel_for_grid,
+            check_tile_for_image,
+            disk_free,
+            estimate_run,
+            output_bytes,
+        )
+
+        options = options or self.options
+        run = self.schedule_options
+        manifest = self.bundle.manifest
+        check_tile_for_image(manifest, self.tile, source.height, source.width)
+        if run.mode is Mode.KIN:
+            check_kin_kernel_for_grid(run.kin_kernel, plan.rows, plan.cols)
+        estimate = estimate_run(
+            manifest,
+            height=source.height,
+            width=source.width,
+            tile=self.tile,
+            margin=self.margin,
+            batch=run.batch,
+            rows=plan.rows,
+            cols=plan.cols,
+            two_pass=run.schedule == "two-pass",
+            overlap=resolve_overlap(run, self.backend),
+            lookahead={Mode.DN: 1, Mode.KIN: run.kin_kernel // 2}.get(run.mode, 0),
+            reader_bytes=int(getattr(source, "_cache_bytes", 0)),
+            gpu=self.backend.name in ("ort-cuda", "torch-cuda", "trt"),
+        )
+        if output is not None:
+            from dnrt.runtime.io.writer import wants_pyramid
+
+            pyramid = wants_pyramid(source.height, source.width, options.writer_tile, options.pyramid)
+            estimate.output_bytes = output_bytes(
+                source.height, source.width, manifest.out_channels, options.compression, pyramid
+            )
+            estimate.disk_free_bytes = disk_free(output)
+        check_fits(estimate, force=options.force)
+        return estimate
 
     def translate(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Translate an in-memory image ``uint8 [H, W, C]``; returns ``uint8 [H, W, C_out]``.
@@ -488,6 +549,7 @@ class Translator:
         # Everything that can be refused is refused before the output file is created.
         self._check_source(source)
         plan = self._plan(source)
+        estimate = self._preflight(source, plan, output, options)
         self.open()
         writer = open_writer(
             output,
@@ -509,6 +571,7 @@ class Translator:
                 plan=plan,
                 tissue_mask=tissue_mask,
                 overwrite=options.overwrite,
+                estimate=estimate,
                 input=str(input),
                 output=str(output),
                 resolution=resolution,
@@ -576,7 +639,7 @@ def translate(
     keywords (mode, schedule, backend, tile, margin, margin_source, batch, kin_kernel,
     kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads, precision,
     device, background, tissue_threshold; output: compression, pyramid, output_format,
-    overwrite, writer_tile; slide reading: reader, level, mpp, assume_mpp, allow_upsample);
+    overwrite, writer_tile, force; slide reading: reader, level, mpp, assume_mpp, allow_upsample);
     ``progress``, ``backend_options`` and ``on_progress`` as for :class:`Translator`;
     ``tissue_mask``: also write the tissue mask PNG there. Checks run cheapest first: the
     options, the

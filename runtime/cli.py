@@ -151,7 +151,8 @@ _TRANSLATION_OPTIONS = (
         "--threads",
         type=int,
         callback=_positive,
-        help="CPU threads for the model [default: all cores; one for a tiny network on ort].",
+        help="CPU threads for the model, at most the cores available [default: all cores; one for a "
+        "tiny network on ort].",
     ),
     click.option(
         "--overlap/--no-overlap",
@@ -213,6 +214,12 @@ _TRANSLATION_OPTIONS = (
         help="A tile is background when at most this fraction of it (and its margin) is tissue.",
     ),
     click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    # resource bounds (issue 16): the pre-flight's refusal can be overridden
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Run even when the pre-flight estimates that memory or disk space will not suffice.",
+    ),
     # -- slide reading and the model's resolution (issue 17) --
     click.option(
         "--reader",

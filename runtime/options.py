@@ -55,12 +55,6 @@ DEGENERATE_RULES = tuple(r.value for r in DegenerateRule)
 OUTPUT_FORMATS = ("tiff", "ome-tiff")
 READERS = ("auto", "tifffile", "openslide")
 
-#: Beyond these a run cannot be meant: a larger tile or margin, or more threads, only
-#: allocates without bound before failing (the tighter, memory-based checks come later,
-#: once the model and the image are known).
-MAX_TILE = 1 << 15
-MAX_THREADS = 1024
-MAX_KIN_KERNEL = 1 << 12
 #: The output TIFF's own tile edge: a multiple of 16 (the TIFF rule) up to 4096.
 WRITER_TILE_RANGE = (16, 4096)
 
@@ -164,6 +158,8 @@ class TranslateOptions:
     overwrite: bool = False
     #: Edge of the output TIFF's own tiles.
     writer_tile: int = 512
+    #: Run even when the pre-flight estimates that memory or disk space will not suffice.
+    force: bool = False
     # -- slide reading (files only): which reader, which pyramid level, which resolution
     #: ``auto`` (by content), ``tifffile`` or ``openslide``.
     reader: str = "auto"
@@ -181,11 +177,12 @@ class TranslateOptions:
         set_(self, "mode", Mode(_choice("mode", self.mode, MODES)))
         set_(self, "schedule", _choice("schedule", self.schedule, SCHEDULES))
         set_(self, "backend", _choice("backend", self.backend, BACKENDS))
-        set_(self, "tile", _optional_integer("tile", self.tile, 1, MAX_TILE))
-        set_(self, "margin", _optional_integer("margin", self.margin, 0, MAX_TILE))
+        # Upper bounds of tile and margin depend on the model and the image: runtime/budget.py.
+        set_(self, "tile", _optional_integer("tile", self.tile, 1))
+        set_(self, "margin", _optional_integer("margin", self.margin, 0))
         set_(self, "margin_source", _choice("margin source", self.margin_source, MARGIN_SOURCES))
         set_(self, "batch", _optional_integer("batch", self.batch, 1, 4096))
-        kernel = _integer("KIN kernel size", self.kin_kernel, 1, MAX_KIN_KERNEL)
+        kernel = _integer("KIN kernel size", self.kin_kernel, 1)  # its cap: runtime/budget.py
         if kernel % 2 == 0:
             raise _usage(f"KIN kernel size must be a positive odd number, got {kernel}")
         set_(self, "kin_kernel", kernel)
@@ -202,7 +199,7 @@ class TranslateOptions:
             raise _usage(str(exc)) from None
         set_(self, "degenerate_ratio", ratio)
         set_(self, "overlap", _flag("overlap", self.overlap, optional=True))
-        set_(self, "threads", _optional_integer("threads", self.threads, 1, MAX_THREADS))
+        set_(self, "threads", _optional_integer("threads", self.threads, 1))  # cap: runtime/budget.py
         set_(self, "precision", _choice("precision", self.precision, PRECISIONS))
         set_(self, "device", _integer("device index", self.device, 0, 1023))
         # -- background skipping
@@ -224,6 +221,7 @@ class TranslateOptions:
         if edge % 16:
             raise _usage(f"writer tile must be a multiple of 16 (a TIFF rule), got {edge}")
         set_(self, "writer_tile", edge)
+        set_(self, "force", _flag("force", self.force))
         set_(self, "reader", _choice("reader", self.reader, READERS))
         set_(self, "level", _optional_integer("level", self.level, 0, 64))
         for name in ("mpp", "assume_mpp"):
@@ -298,6 +296,7 @@ FILE_FIELDS = (
     "output_format",
     "overwrite",
     "writer_tile",
+    "force",
     "reader",
     "level",
     "mpp",

@@ -32,12 +32,20 @@ class Progress:
         self._phase = ""
 
     def __call__(self, n: int, phase: str) -> None:
+        """``n`` more tile runs done in ``phase``; ``n == 0`` only shows the phase (reading the
+        thumbnail, loading the model) so that the bar says what happens before the first tile."""
         if self._bar is None:
             return
         if phase != self._phase:
             self._phase = phase
-            self._bar.set_postfix_str(phase, refresh=False)
-        self._bar.update(n)
+            self._bar.set_postfix_str(phase, refresh=n == 0)
+        if n:
+            self._bar.update(n)
+
+    def note(self, text: str) -> None:
+        """A line above the bar (the pre-flight's estimates); nothing without a bar."""
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
 
     def close(self) -> None:
         if self._bar is not None:

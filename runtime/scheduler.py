@@ -590,6 +590,7 @@ class Scheduler:
         )
         reader = self._reader()
         try:
+            self.progress(0, "thumbnail")  # a pass over the whole slide: the bar says so
             for band in reader:
                 y0, y1 = plan.output_extent(band.row)
                 rows = band.pixels[y0 - band.y0 : y1 - band.y0]
@@ -597,6 +598,7 @@ class Scheduler:
                     self._timed("thumbnail", thumb.add, y0, rows)
                 if tissue_thumb is not None:
                     self._timed("thumbnail", tissue_thumb.add, y0, rows)
+                self.progress(0, f"thumbnail {band.row + 1}/{plan.rows} rows")
         finally:
             reader.close()
         if tissue_thumb is not None:

@@ -447,3 +447,425 @@ def test_external_data_inside_the_bundle_is_accepted(tmp_path: Path) -> None:
             with pytest.raises(DnrtError, match="outside the bundle folder"):
                 check_external_data(model, tmp_path, "g.onnx")
     assert isinstance(model, onnx.ModelProto)
+
+
+# --------------------------------------------------------------------------- 5. resource bounds
+
+
+@pytest.fixture
+def square256(tmp_path: Path) -> Path:
+    tifffile.imwrite(tmp_path / "in.tif", _rgb(256, 256), photometric="rgb", tile=(16, 16))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tile", "1000000000"], "tile 1000000000 is larger than the image (256 x 256 px)"),
+        (["--tile", "4096"], "use a tile of at most 256"),
+        (["--mode", "kin", "--kin-kernel", "100001"], "KIN kernel size 100001 is over the limit of 4095"),
+        (["--mode", "kin", "--kin-kernel", "101"], "the image is 16 x 16 tiles"),
+        (["--mode", "kin", "--kin-kernel", "101", "--tile", "128"], "at most 15 tiles"),
+        (["--threads", "100000"], "threads must be between 1 and"),
+    ],
+)
+def test_options_that_size_memory_are_bounded(
+    square256: Path, bundle: Path, args: list[str], message: str
+) -> None:
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "out.tif", "-m", bundle, "-q", *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+    assert _files(square256) == {"in.tif"}
+
+
+def test_largest_useful_tile_and_kernel_are_accepted(square256: Path, bundle: Path) -> None:
+    code, err = _translate(
+        square256 / "in.tif", "-o", square256 / "a.tif", "-m", bundle, "-q", "--tile", "256"
+    )
+    assert (code, err) == (0, "")
+    args = ["--mode", "kin", "--kin-kernel", "31"]
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "b.tif", "-m", bundle, "-q", *args)
+    assert (code, err) == (0, "")
+
+
+def test_memory_estimate_refuses_before_allocating(
+    square256: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dnrt.runtime import budget
+
+    monkeypatch.setattr(budget, "memory_available", lambda: 50 << 20)  # 50 MB left
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "out.tif", "-m", bundle, "-q")
+    assert code == 1
+    assert "of memory by estimate" in err and "but 52 MB is available" in err and "--force" in err
+    assert _files(square256) == {"in.tif"}
+    code, err = _translate(square256 / "in.tif", "-o", square256 / "out.tif", "-m", bundle, "-q", "--force")
+    assert (code, err) == (0, "")
+
+
+def test_memory_available_follows_the_address_space_limit() -> None:
+    code = (
+        "import resource; from dnrt.runtime.budget import memory_available, _address_space;"
+        "resource.setrlimit(resource.RLIMIT_AS, (_address_space() + (300 << 20), resource.RLIM_INFINITY));"
+        "print(memory_available() >> 20)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 280 <= int(out) <= 300
+
+
+# --------------------------------------------------------------------------- 6. TIFF decode cache
+
+
+def test_huge_stored_tiles_are_refused_with_the_number(tmp_path: Path) -> None:
+    from corpus.tiffbytes import Tiff
+
+    from dnrt.runtime.io import open_image
+
+    path = tmp_path / "huge.tif"
+    path.write_bytes(Tiff(200_000, 200_000, tile=(16384, 16384), bigtiff=True).to_bytes())
+    with pytest.raises(
+        DnrtError, match=r"16384 x 16384 px tiles of 768 MiB each decoded, over dnrt's limit of 512"
+    ):
+        open_image(path)
+
+
+def test_decode_cache_is_bounded_whatever_the_tile_size(tmp_path: Path) -> None:
+    from dnrt.runtime.io import open_image
+
+    height, width, tile = 1024, 16384, 4096
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, np.full((height, width, 3), 7, np.uint8), tile=(tile, tile), photometric="rgb")
+    segment = tile * tile * 3
+    with open_image(path) as source:
+        # Two rows of 512 px of the image's width, or one stored tile when that is larger: not two
+        # rows of stored tiles (2 x 4096 rows), which is what the cache held before.
+        assert source._cache_bytes == (8 << 20) + max(segment, 1024 * width * 3)
+        peak = 0
+        remember = source._remember
+
+        def spy(key: object, seg: np.ndarray) -> None:
+            nonlocal peak
+            remember(key, seg)
+            peak = max(peak, source._cache_used)
+
+        source._remember = spy  # type: ignore[method-assign]
+        for y in range(0, height, 256):
+            band = source.read_region(max(0, y - 16), min(height, y + 272), 0, width)
+            assert band.min() == band.max() == 7
+        assert peak <= source._cache_bytes
+
+
+# --------------------------------------------------------------------------- 7. PNG / JPEG decoding
+
+
+def test_png_declaring_more_than_its_file_can_hold_is_refused(tmp_path: Path) -> None:
+    from corpus.pngbytes import png
+
+    from dnrt.runtime.io import open_image
+
+    (tmp_path / "bomb.png").write_bytes(png(30000, 30000, rows=1))
+    with pytest.raises(DnrtError, match=r"declares 30000 x 30000 px \(2700 MB of pixel data\) in a file of"):
+        open_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("cut", ["stream", "file"])
+def test_png_with_missing_rows_is_refused(tmp_path: Path, cut: str) -> None:
+    from corpus.pngbytes import png
+
+    from dnrt.runtime.io import open_image
+
+    data = png(64, 64, rows=30) if cut == "stream" else png(64, 64)[:50]
+    (tmp_path / "short.png").write_bytes(data)
+    with pytest.raises(DnrtError, match="truncated"):
+        open_image(tmp_path / "short.png")
+    (tmp_path / "full.png").write_bytes(png(64, 64))
+    with open_image(tmp_path / "full.png") as source:
+        assert (source.read_region(0, 64, 0, 64) == 100).all()
+
+
+@pytest.mark.parametrize("kind", ["interlaced", "bilevel", "rgba", "grey16", "palette"])
+def test_png_check_accepts_every_layout(tmp_path: Path, kind: str) -> None:
+    from PIL import Image
+
+    from dnrt.runtime.io import open_image
+
+    rgb = _rgb(37, 53)
+    image = {
+        "interlaced": Image.fromarray(rgb),
+        "bilevel": Image.fromarray(rgb[:, :, 0] > 128),
+        "rgba": Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])),
+        "grey16": Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257),
+        "palette": Image.fromarray(rgb).convert("P"),
+    }[kind]
+    image.save(tmp_path / "a.png", interlace=int(kind == "interlaced"))
+    with open_image(tmp_path / "a.png") as source:
+        assert (source.height, source.width) == (37, 53)
+
+
+def test_truncated_jpeg_is_refused(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from dnrt.runtime.io import open_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(_rgb(256, 256)).save(buffer, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(DnrtError, match="truncated"):
+        open_image(tmp_path / "cut.jpg")
+
+
+def test_whole_image_decode_must_fit_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from dnrt.runtime import budget
+    from dnrt.runtime.io import open_image
+
+    Image.fromarray(np.full((2000, 3000, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    monkeypatch.setattr(budget, "memory_available", lambda: 10 << 20)
+    with pytest.raises(
+        DnrtError, match=r"declares 3000 x 2000 px; decoding it whole needs about 54 MB but 10 MB"
+    ):
+        open_image(tmp_path / "white.png")
+
+
+# --------------------------------------------------------------------------- 8. manifest schema
+
+
+def _manifest(bundle: Path) -> dict:
+    import json
+
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"L0.stride": 0}, "layers[0].stride: must be between 1 and 1024, got 0"),
+        ({"L0.stride": 3}, "layers[0].stride: must be a power of two, got 3"),
+        ({"L0.stride": -4}, "layers[0].stride: must be between 1 and 1024, got -4"),
+        ({"tile": "16"}, "tile: must be an integer, got '16'"),
+        ({"tile": None}, "tile: must be an integer, got null"),
+        ({"tile": 32.5}, "tile: must be an integer, got 32.5"),
+        ({"tile": 1000000000}, "tile: must be between 1 and 16384, got 1000000000"),
+        ({"tile": 18}, "tile: tile 18 + 2 x margin 4 = 26 px must be divisible by 4"),
+        ({"in_channels": "3"}, "in_channels: must be an integer, got '3'"),
+        ({"in_channels": True}, "in_channels: must be an integer, got a boolean"),
+        ({"L0.channels": 1e12}, "layers[0].channels: must be an integer, got 1000000000000.0"),
+        ({"L0.offset": 100}, "layers[0].offset: slice [100, 104) is outside the packed statistics [0, 7)"),
+        ({"L1.offset": 2}, "overlaps layers[0]'s"),
+        ({"L0.activation": "gelu"}, "layers[0].activation: must be one of none, relu, got 'gelu'"),
+        ({"L0.name": "x" * 20_000}, "layers[0].name: must be at most 256 characters, got 20000"),
+        ({"L0.affine": 1}, "layers[0].affine: must be true or false, got 1"),
+        ({"layers": "n0"}, "layers: must be an array of layer objects, got 'n0'"),
+        ({"dn_eps": -1}, "dn_eps: must be a number between 0 and 1, got -1"),
+        ({"total_channels": 8}, "total_channels: must be the sum of the layers' channels (7), got 8"),
+        ({"margin": 16}, "margin: must be smaller than the tile (16), got 16"),
+        ({"extra": 1}, "'extra': is not a manifest field"),
+    ],
+)
+def test_manifest_schema_names_the_field(tmp_path: Path, bundle: Path, change: dict, message: str) -> None:
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    data = _manifest(bundle)
+    for key, value in change.items():
+        if key.startswith("L"):
+            index, field = key[1:].split(".")
+            data["layers"][int(index)][field] = value
+        else:
+            data[key] = value
+    (broken / "manifest.json").write_text(json.dumps(data))
+    tifffile.imwrite(tmp_path / "in.tif", _rgb(40, 50), photometric="rgb")
+    code, err = _translate(tmp_path / "in.tif", "-o", tmp_path / "out.tif", "-m", broken, "-q")
+    assert code == 1
+    assert err == f"error: bundle manifest is malformed: {message}\n" or (
+        err.startswith("error: bundle manifest is malformed: ") and message in err and err.count("\n") == 1
+    )
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_manifest_lists_every_problem(bundle: Path) -> None:
+    from dnrt.bundle import Manifest
+
+    data = _manifest(bundle)
+    data["tile"] = -1
+    data["layers"][0]["stride"] = 3
+    data["layers"][1]["activation"] = "gelu"
+    with pytest.raises(DnrtError) as info:
+        Manifest.from_dict(data)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "bundle manifest is malformed (3 problems):"
+    assert lines[1:] == [
+        "  tile: must be between 1 and 16384, got -1",
+        "  layers[0].stride: must be a power of two, got 3",
+        "  layers[1].activation: must be one of none, relu, got 'gelu'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"tile": NaN}', "contains NaN"),
+        ('{"dn_eps": Infinity}', "contains Infinity"),
+        ('{"dn_eps": 1e999}', "contains 1e999, which overflows a float"),
+        ('{"tile": ' + "9" * 5000 + "}", "contains a 5000-digit integer"),
+        ("[" * 10_000 + "]" * 10_000, "nests arrays/objects 10000 deep, over the limit of 32"),
+        ('{"tile": 16', "is not valid JSON"),
+    ],
+)
+def test_manifest_json_that_no_exporter_writes_is_refused(
+    tmp_path: Path, bundle: Path, text: str, message: str
+) -> None:
+    import shutil
+
+    from dnrt.bundle import load_bundle
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "manifest.json").write_text(text)
+    with pytest.raises(DnrtError, match=message):
+        load_bundle(broken)
+
+
+def test_huge_manifest_is_refused_before_it_is_read(tmp_path: Path, bundle: Path) -> None:
+    import shutil
+
+    from dnrt.bundle import load_bundle
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    with open(broken / "manifest.json", "r+b") as fh:
+        fh.truncate(4 << 30)  # a sparse 4 GB file: reading it whole would take 4 GB
+    with pytest.raises(DnrtError, match=r"is 4294967296 bytes, over the limit of 1048576"):
+        load_bundle(broken)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"in_channels": 1}, "declares tiles with 3 channels but the manifest says 1 (in_channels)"),
+        ({"n1": 4, "total_channels": 8}, "with 7 channels but the manifest says 8 (the layers' channels)"),
+    ],
+)
+def test_manifest_must_agree_with_the_graphs(
+    tmp_path: Path, bundle: Path, change: dict, message: str
+) -> None:
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    data = _manifest(bundle)
+    for key, value in change.items():
+        if key == "n1":
+            data["layers"][1]["channels"] = value
+        else:
+            data[key] = value
+    (broken / "manifest.json").write_text(json.dumps(data))
+    channels = data["in_channels"]
+    tifffile.imwrite(
+        tmp_path / "in.tif",
+        _rgb(40, 50)[:, :, :channels].squeeze(),
+        photometric="minisblack" if channels == 1 else "rgb",
+    )
+    code, err = _translate(
+        tmp_path / "in.tif", "-o", tmp_path / "out.tif", "-m", broken, "-q", "--backend", "ort"
+    )
+    assert code == 1 and err.count("\n") == 1
+    assert message in err
+    assert not (tmp_path / "out.tif").exists()
+
+
+# --------------------------------------------------------------------------- 9. pre-flight
+
+
+def test_preflight_refuses_an_output_that_cannot_fit(
+    work: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dnrt.runtime import budget
+
+    monkeypatch.setattr(budget, "disk_free", lambda path: 1000)
+    code, err = _translate(
+        work / "in.tif", "-o", work / "out.tif", "-m", bundle, "-q", "--compression", "none"
+    )
+    assert code == 1 and err.count("\n") == 1
+    # 40 x 50 px x 3 channels, uncompressed: 6000 bytes.
+    assert "the output needs about 6 kB by estimate but its folder has 1 kB free" in err
+    assert _files(work) == {"in.tif"}
+    code, err = _translate(work / "in.tif", "-o", work / "out.tif", "-m", bundle, "-q", "--force")
+    assert (code, err) == (0, "")
+
+
+def test_preflight_estimates_are_reported(work: Path, bundle: Path) -> None:
+    import json
+
+    from dnrt.runtime import budget
+
+    result = CliRunner().invoke(
+        translate_command,
+        [
+            str(work / "in.tif"),
+            "-o",
+            str(work / "o.tif"),
+            "-m",
+            str(bundle),
+            "--json",
+            "--compression",
+            "none",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    pre = json.loads(result.stdout)["preflight"]
+    assert pre["output_bytes"] == 40 * 50 * 3
+    assert pre["peak_memory_bytes"] >= pre["network_bytes"] > 0
+    assert pre["disk_free_bytes"] == budget.disk_free(work / "o.tif") or pre["disk_free_bytes"] > 0
+
+
+def test_progress_is_shown_before_the_first_tile(
+    work: Path, bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import dnrt
+
+    dnrt.translate(work / "in.tif", work / "o.tif", model=bundle, mode="dn", progress=True)
+    err = capsys.readouterr().err
+    assert "pre-flight: peak memory ~" in err
+    shown = [err.find(word) for word in ("loading the model", "thumbnail 1/3 rows", "thumbnail 3/3 rows")]
+    assert -1 not in shown and shown == sorted(shown), err
+
+
+# --------------------------------------------------------------------------- 10. TIFF orientation
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (6, r"has TIFF Orientation 6 \(stored pixels are shown rotated 90 degrees clockwise\)"),
+        (2, r"has TIFF Orientation 2 \(stored pixels are shown mirrored left-right\)"),
+        (99, r"has an invalid TIFF Orientation tag \(99; valid: 1 to 8\)"),
+        (0, r"has an invalid TIFF Orientation tag \(0; valid: 1 to 8\)"),
+    ],
+)
+def test_non_default_orientation_is_refused(tmp_path: Path, value: int, message: str) -> None:
+    from corpus.tiffbytes import ORIENTATION, SHORT, Tiff, deflate_tile
+
+    from dnrt.runtime.io import open_image
+
+    tiff = Tiff(40, 50, segments=[deflate_tile(16, 16)], extra={ORIENTATION: (SHORT, [value])})
+    (tmp_path / "o.tif").write_bytes(tiff.to_bytes())
+    with pytest.raises(DnrtError, match=message):
+        open_image(tmp_path / "o.tif")
+
+
+def test_default_orientation_is_read(tmp_path: Path) -> None:
+    from corpus.tiffbytes import ORIENTATION, SHORT, Tiff, deflate_tile
+
+    from dnrt.runtime.io import open_image
+
+    tiff = Tiff(40, 50, segments=[deflate_tile(16, 16)], extra={ORIENTATION: (SHORT, [1])})
+    (tmp_path / "o.tif").write_bytes(tiff.to_bytes())
+    with open_image(tmp_path / "o.tif") as source:
+        assert (source.read_region(0, 50, 0, 40) == 128).all()

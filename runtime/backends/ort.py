@@ -294,6 +294,28 @@ class OrtBackend(Backend):
                 f"model bundle {self.bundle.path}: {name}.onnx has inputs {sorted(have_in)} and outputs "
                 f"{sorted(have_out)}; expected {sorted(inputs)} -> {sorted(outputs)}"
             )
+        # Validated bundles (issue 16): the graphs' fixed dimensions must agree with the manifest
+        # (a lying manifest would otherwise fail deep inside a run, or mis-slice the statistics).
+        manifest = self.bundle.manifest
+        expected_dims = {
+            "tiles": (1, manifest.in_channels, "in_channels"),
+            "image": (1, manifest.out_channels, "out_channels"),
+            "tile_mean": (1, manifest.total_channels, "the layers' channels"),
+            "tile_std": (1, manifest.total_channels, "the layers' channels"),
+            "nbr_mean": (1, manifest.total_channels, "the layers' channels"),
+            "nbr_std": (1, manifest.total_channels, "the layers' channels"),
+        }
+        for arg in [*session.get_inputs(), *session.get_outputs()]:
+            if arg.name not in expected_dims:
+                continue
+            axis, want, field = expected_dims[arg.name]
+            shape = list(arg.shape or [])
+            got = shape[axis] if len(shape) > axis else None
+            if isinstance(got, int) and got != want:
+                raise DnrtError(
+                    f"model bundle {self.bundle.path}: {name}.onnx declares {arg.name} with {got} channels "
+                    f"but the manifest says {want} ({field})"
+                )
 
     def describe(self) -> str:
         import onnxruntime as ort

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -328,14 +329,22 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
     from PIL import Image, UnidentifiedImageError
 
     name = quoted(path)
-    # Pillow's decompression-bomb guard trips at ~179 Mpx, below what dnrt accepts; the header
-    # size is checked against our own limit instead, before anything is decoded.
+    # Pillow's decompression-bomb guard trips at ~179 Mpx by default, below what dnrt accepts: it
+    # is set to dnrt's own limit, and the header size is checked against it (and against the file
+    # and the memory left, _check_declared_size) before anything is decoded.
     with _PIL_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+        Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             try:
-                img = Image.open(path)
+                with warnings.catch_warnings():  # between 1x and 2x the limit Pillow only warns
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(path)
+            except Image.DecompressionBombError as exc:
+                raise DnrtError(
+                    f"{name} is over {max_pixels / 1e9:g} gigapixel ({_short(exc)}); images that large "
+                    "must be TIFF (dnrt streams TIFFs tile by tile but decodes other formats whole)"
+                ) from None
             except UnidentifiedImageError:
                 raise DnrtError(
                     f"{name} is not an image dnrt can read (neither TIFF, a slide format OpenSlide "
@@ -355,8 +364,11 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
                     )
                 fmt, mode = img.format or "image", img.mode
                 info = dict(img.info)
+                _check_declared_size(path, name, img)
                 try:
                     array, note = _pillow_pixels(img, name)
+                except Image.DecompressionBombError as exc:
+                    raise DnrtError(f"{name} is refused as a decompression bomb: {_short(exc)}") from None
                 except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
                     raise DnrtError(
                         f"{name} could not be decoded ({_short(exc)}); the file may be truncated or corrupt"
@@ -378,6 +390,105 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
     )
     source.reader = "pillow"
     return source
+
+
+# -- bounded decoding of whole-image formats (issue 16) -------------------------------------
+#: deflate's largest expansion is 1032:1; a PNG whose declared pixels need more than this many
+#: times its file size cannot hold them (it is truncated or a decompression bomb).
+_PNG_MAX_RATIO = 1100
+#: Copies of the decoded pixels alive while a Pillow image becomes the source array (Pillow's
+#: own buffer, the numpy view's conversion, the contiguous copy).
+_PILLOW_COPIES = 3
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _check_declared_size(path: Path, name: str, img: Any) -> None:
+    """Refuse, before decoding, an image whose declared size cannot be in the file or cannot fit
+    in memory; for PNG also one whose compressed data ends before the last row (Pillow would
+    hand over the missing rows as zeros)."""
+    from dnrt.runtime.budget import gb, memory_available
+
+    width, height = img.size
+    bands = max(1, len(img.getbands()))
+    decoded = width * height * max(bands, 3)
+    available = memory_available()
+    if available is not None and _PILLOW_COPIES * decoded > available:
+        raise DnrtError(
+            f"{name} declares {width} x {height} px; decoding it whole needs about "
+            f"{gb(_PILLOW_COPIES * decoded)} but {gb(available)} is available: convert it to a tiled TIFF"
+        )
+    if img.format == "PNG":
+        _check_png_data(path, name)
+
+
+def _png_data_bytes(width: int, height: int, channels: int, depth: int, interlaced: bool) -> int:
+    """Bytes of filtered scanlines (one filter byte each) a complete PNG image decompresses to."""
+
+    def plane(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + -(-w * channels * depth // 8))
+
+    if not interlaced:
+        return plane(width, height)
+    return sum(
+        plane(-(-(width - x0) // dx) if width > x0 else 0, -(-(height - y0) // dy) if height > y0 else 0)
+        for x0, y0, dx, dy in _ADAM7
+    )
+
+
+def _check_png_data(path: Path, name: str) -> None:
+    """Stream the PNG's IDAT chunks through zlib, counting (not keeping) what they decompress to."""
+    import struct
+    import zlib
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        head = fh.read(8 + 13)
+        if len(head) < 21 or head[4:8] != b"IHDR":
+            raise DnrtError(f"{name} is a damaged PNG (no IHDR chunk)")
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[8:21])
+        channels = _PNG_CHANNELS.get(colour)
+        if channels is None or depth not in (1, 2, 4, 8, 16):
+            raise DnrtError(f"{name} is a damaged PNG (colour type {colour}, bit depth {depth})")
+        expected = _png_data_bytes(width, height, channels, depth, interlace == 1)
+        if expected > size * _PNG_MAX_RATIO + (1 << 20):
+            raise DnrtError(
+                f"{name} declares {width} x {height} px ({expected / 1e6:.0f} MB of pixel data) in a file "
+                f"of {size} bytes, more than compression can hold: it is truncated or a decompression bomb"
+            )
+        fh.seek(8 + 8 + 13 + 4)
+        inflate = zlib.decompressobj()
+        produced = 0
+        while produced <= expected and not inflate.eof:
+            header = fh.read(8)
+            if len(header) < 8:
+                break
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                break
+            if kind != b"IDAT":
+                fh.seek(length + 4, os.SEEK_CUR)
+                continue
+            remaining = length
+            while remaining > 0 and produced <= expected:
+                data = fh.read(min(remaining, 1 << 20))
+                if not data:
+                    break
+                remaining -= len(data)
+                try:
+                    while data and produced <= expected:
+                        produced += len(inflate.decompress(data, 1 << 22))
+                        data = inflate.unconsumed_tail
+                except zlib.error as exc:
+                    raise DnrtError(f"{name} has corrupt image data ({exc})") from None
+            fh.seek(remaining + 4, os.SEEK_CUR)
+    if produced < expected:
+        rows = height if expected == 0 else int(height * produced / expected)
+        raise DnrtError(
+            f"{name} is truncated: its image data holds about {rows} of its {height} rows "
+            f"({produced} of {expected} bytes); refusing to translate the missing rows as black"
+        )
 
 
 def _pillow_pixels(img: Any, name: str) -> tuple[np.ndarray, str]:

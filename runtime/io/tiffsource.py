@@ -38,8 +38,13 @@ from dnrt.runtime.io.reader import ImageSource, MissingLevel, _short, quoted
 #: Target size of a synthetic strip cut from contiguous uncompressed data.
 _SYNTHETIC_STRIP_BYTES = 4 << 20
 #: A single stored segment larger than this (decoded) is refused: reading any pixel of it
-#: would need that much memory (e.g. a whole image stored as one compressed strip).
-MAX_SEGMENT_BYTES = 1 << 30
+#: would need that much memory (a 16384 px tile of RGB is 768 MiB; a whole image stored as one
+#: compressed strip). Compressed segments cannot be decoded in parts with tifffile.
+MAX_SEGMENT_BYTES = 512 << 20
+#: Rows of stored segments the default cache covers, whatever the file's tile height: two rows of
+#: 512 px tiles is what the runtime's reads with a margin touch; taller tiles get one segment
+#: kept at least, and are decoded again by the next band rather than held as whole rows.
+_CACHE_ROWS = 2 * 512
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}  # OJPEG, JPEG, ALT_JPG, JPEG_LOSSY
 
@@ -88,6 +93,7 @@ class _Plane:
             and kf.is_final
             and kf.bitspersample in (8, 16)
             and len(self.offsets) > 0
+            and int(self.offsets[0]) > 0  # no data at all: the general path shows it as black
             and self.raw_dtype.kind in "ub"
         ):
             itemsize = self.raw_dtype.itemsize
@@ -117,10 +123,13 @@ class _Plane:
                 self.seg_h * self.seg_w * self.raw_dtype.itemsize * (1 if self.separate else self.samples)
             )
             if decoded > MAX_SEGMENT_BYTES:
+                what = f"{self.seg_w} x {self.seg_h} px tiles" if self.tiled else f"{self.seg_h}-row strips"
                 raise DnrtError(
-                    f"{owner.name} stores its pixels in {decoded / 2**20:.0f} MB blocks, too large to "
-                    "read region by region; rewrite it as a tiled TIFF (e.g. 512x512 tiles)"
+                    f"{owner.name} stores its pixels in {what} of {decoded / 2**20:.0f} MiB each decoded, over "
+                    f"dnrt's limit of {MAX_SEGMENT_BYTES >> 20} MiB per stored block (a block is decoded "
+                    "whole to read any pixel of it); rewrite it as a tiled TIFF (e.g. 512x512 tiles)"
                 )
+            _check_segment_fits(owner.name, decoded)
             self._decode_func = kf.decode
             if kf.compression in _JPEG_COMPRESSIONS:
                 tables = getattr(page, "jpegtables", None) or kf.jpegtables
@@ -251,6 +260,11 @@ class _Plane:
         channels = 1 if self.separate else (3 if self.palette is not None else self.keep)
         return self.seg_h * self.grid_cols * self.seg_w * channels * planes
 
+    def segment_bytes(self) -> int:
+        """Decoded bytes of one cached segment (uint8, kept channels)."""
+        channels = 1 if self.separate else (3 if self.palette is not None else self.keep)
+        return self.seg_h * self.seg_w * channels
+
     def data_end(self) -> int:
         """Largest byte offset the image data reaches (to detect truncated files cheaply)."""
         used = (self.counts > 0) & (self.offsets > 0)
@@ -326,7 +340,9 @@ class TiffSource(ImageSource):
                 yield key, seg
         # Read in file order: sequential I/O on spinning disks and network filesystems.
         missing.sort(key=lambda k: int(plane.offsets[plane.index(k)]))
-        step = 2 * self._workers
+        # Segments decoded at once: as many as the workers take, but never more bytes than the
+        # cache holds (huge stored tiles are decoded one or two at a time).
+        step = max(1, min(2 * self._workers, self._cache_bytes // max(1, plane.segment_bytes())))
         for i in range(0, len(missing), step):
             chunk = missing[i : i + step]
             if len(chunk) > 1 and self._workers > 1:
@@ -426,6 +442,7 @@ def _build_source(
             "dnrt translates 8-bit images (16-bit are converted); convert it first"
         )
     check_sample_dtype(keyframe.dtype, name)
+    _check_orientation(keyframe, name)
 
     source = TiffSource(path, tif, cache_bytes, workers)
     try:
@@ -441,7 +458,7 @@ def _build_source(
         raise
 
     if cache_bytes is None:
-        source._cache_bytes = (8 << 20) + sum(2 * plane.segment_row_bytes() for plane, _ in source._planes)
+        source._cache_bytes = (8 << 20) + sum(_default_cache(plane) for plane, _ in source._planes)
     first = source._planes[0][0]
     source.height, source.width = height, width
     # Slide metadata (issue 17): reduced levels report level 0's resolution scaled by their size,
@@ -480,6 +497,64 @@ def _build_source(
         + (f" ({notes})" if notes else "")
     )
     return source
+
+
+#: TIFF Orientation (tag 274) values: where row 0 and column 0 of the stored pixels are shown.
+_ORIENTATIONS = {
+    2: "mirrored left-right",
+    3: "rotated 180 degrees",
+    4: "mirrored top-bottom",
+    5: "transposed (mirrored along the main diagonal)",
+    6: "rotated 90 degrees clockwise",
+    7: "transverse (mirrored along the other diagonal)",
+    8: "rotated 90 degrees counter-clockwise",
+}
+
+
+def _check_orientation(page: Any, name: str) -> None:
+    """Refuse an image whose Orientation tag asks viewers to rotate or mirror it.
+
+    dnrt translates and writes pixels in stored order, and the output carries no Orientation
+    tag: applying the tag would change the output's size (5-8 swap width and height), keeping it
+    would need every writer to copy it, and dropping it silently shows the output turned against
+    the input. So anything but the default (1, or no tag) is refused with the way out.
+    """
+    tag = page.tags.get(274)
+    if tag is None:
+        return
+    value = tag.value
+    value = int(value) if isinstance(value, (int, np.integer)) else value
+    if value == 1:
+        return
+    if value in _ORIENTATIONS:
+        raise DnrtError(
+            f"{name} has TIFF Orientation {value} (stored pixels are shown {_ORIENTATIONS[value]}); dnrt "
+            "translates pixels in stored order and cannot keep that: apply the orientation first "
+            "(e.g. vips autorot IN OUT) and translate the result"
+        )
+    raise DnrtError(f"{name} has an invalid TIFF Orientation tag ({str(value)[:40]}; valid: 1 to 8)")
+
+
+def _default_cache(plane: _Plane) -> int:
+    """Cache bytes for one plane: ``_CACHE_ROWS`` rows of segments across the image, at least one
+    segment (planes of separate samples each hold their own)."""
+    rows = min(plane.seg_h * 2, _CACHE_ROWS)
+    per_row = plane.segment_row_bytes() // max(1, plane.seg_h)
+    planes = min(plane.planes, plane.keep) if plane.separate else 1
+    return max(plane.segment_bytes() * planes, rows * per_row)
+
+
+def _check_segment_fits(name: str, decoded: int) -> None:
+    """A stored block must fit in the memory left, with the copies decoding makes (compressed
+    bytes, decoded raw, converted uint8)."""
+    from dnrt.runtime.budget import gb, memory_available
+
+    available = memory_available()
+    if available is not None and 3 * decoded > available:
+        raise DnrtError(
+            f"{name} stores its pixels in blocks of {gb(decoded)} decoded; reading one needs about "
+            f"{gb(3 * decoded)} but {gb(available)} is available; rewrite it as a tiled TIFF (e.g. 512x512 tiles)"
+        )
 
 
 def _attach_planes(source: TiffSource, level: Any, pages: list[Any], name: str) -> str:

@@ -3,7 +3,9 @@
 ``dnrt-batch.jsonl`` is only ever appended to, one record per ``write`` on a descriptor opened
 with ``O_APPEND`` and flushed to disk (``fsync``) before the driver moves on, so a killed driver
 loses at most the line it was writing; a torn last line is ignored when the ledger is read. The
-latest record of an output name wins. A slide is skipped by a re-run when its latest record is
+latest record of an output name wins. Before a slide is dispatched the driver records it as
+``started``, so an output that a worker finished after its driver was killed (renamed into
+place, never recorded ``done``) is known to be the batch's own and is redone, not refused. A slide is skipped by a re-run when its latest record is
 ``done`` for the same input path, input size and modification time and the same options hash,
 and its output still exists; anything else is translated again.
 
@@ -140,19 +142,32 @@ class Ledger:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably (one write, then fsync) and remember it as the latest."""
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Write records in one ``write`` and one ``fsync``; each becomes its output's latest."""
         if self._lock_fd is None:
             raise RuntimeError("the ledger is not open")
+        if not records:
+            return
         fd = self._open_for_append()
-        record = {"v": LEDGER_VERSION, "time": round(time.time(), 3), **record}
-        line = (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        now = round(time.time(), 3)
+        stamped = [{"v": LEDGER_VERSION, "time": now, **record} for record in records]
+        data = b"".join(
+            (json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n").encode() for r in stamped
+        )
         try:
-            written = os.write(fd, line)
-            if written != len(line):  # a full disk: the rest would never come
-                raise OSError(28, "short write to the ledger")
+            view = memoryview(data)
+            while view:  # a regular file takes it whole; loop only for the pathological case
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(28, "no space left for the ledger")
+                view = view[written:]
             os.fsync(fd)
         except OSError as exc:
             raise DnrtError(f"cannot write the ledger '{self.path}': {exc.strerror or exc}") from None
-        self.records[record["output"]] = record
+        for record in stamped:
+            self.records[record["output"]] = record
 
     def close(self) -> None:
         for name in ("_fd", "_lock_fd"):

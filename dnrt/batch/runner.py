@@ -9,6 +9,7 @@ a driver killed at any point keeps everything finished before it.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -95,22 +96,47 @@ class _Bar:
             self._bar.close()
 
 
+#: Ledger statuses that make an existing output this batch's own (so it may be replaced).
+OURS = ("done", "started")
+
+
+def _ledger_record(task: Task, options_hash: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "output": task.job.name,
+        "input": task.stamp.path,
+        "size": task.stamp.size,
+        "mtime_ns": task.stamp.mtime_ns,
+        "options": options_hash,
+        **{k: v for k, v in record.items() if k not in ("output", "input")},
+    }
+
+
 def plan_tasks(
     jobs: list[Job], ledger: Ledger, options_hash: str, overwrite: bool
-) -> tuple[list[Task], list[dict[str, Any]]]:
-    """Split the jobs into tasks to run and skipped results (done before with the same inputs)."""
+) -> tuple[list[Task], list[tuple[Task, dict[str, Any]]], list[dict[str, Any]]]:
+    """Split the jobs: tasks to run, tasks refused at once (an output that is not ours), skipped.
+
+    Skipped: done before with the same input and options, output present. Refused: the output
+    exists, the ledger does not know it as this batch's, and ``overwrite`` is off.
+    """
     tasks: list[Task] = []
+    refused: list[tuple[Task, dict[str, Any]]] = []
     skipped: list[dict[str, Any]] = []
     for job in jobs:
         stamp = InputStamp.of(job.input)
         latest = ledger.records.get(job.name)
-        exists = job.output.exists()
-        if exists and is_done(latest, stamp, options_hash):
+        exists = os.path.lexists(job.output)
+        if exists and job.output.exists() and is_done(latest, stamp, options_hash):
             skipped.append(_result(job, {"status": "skipped", "seconds": latest.get("seconds", 0.0)}))
             continue
-        ours = latest is not None and latest.get("status") == "done"
-        tasks.append(Task(job, stamp, overwrite or (exists and ours)))
-    return tasks, skipped
+        ours = latest is not None and latest.get("status") in OURS
+        task = Task(job, stamp, overwrite or (exists and ours))
+        if exists and not task.overwrite:
+            error = f"output '{job.output}' exists and is not this batch's; pass --overwrite to replace it"
+            refused.append((task, {"status": "failed", "error": error, "seconds": 0.0}))
+        else:
+            tasks.append(task)
+    return tasks, refused, skipped
 
 
 def _result(job: Job, record: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +165,19 @@ def run_batch(
         slides=len(jobs),
         options_hash=options_hash,
     )
-    tasks, skipped = plan_tasks(jobs, ledger, options_hash, overwrite)
+    tasks, refused, skipped = plan_tasks(jobs, ledger, options_hash, overwrite)
     summary.skipped = len(skipped)
     results = list(skipped)
+    # Refusals are results at once; the others are recorded as started before any is dispatched.
+    ledger.append_many(
+        [_ledger_record(t, options_hash, r) for t, r in refused]
+        + [_ledger_record(t, options_hash, {"status": "started"}) for t in tasks]
+    )
+    for task, record in refused:
+        results.append(_result(task.job, record))
+        summary.failed += 1
+        if not quiet:
+            print(f"failed: {task.job.input}: {record['error']}", file=sys.stderr)
     driver = time.perf_counter() - start
     bar = _Bar(len(tasks), progress and not quiet)
     executor: Executor | None = None
@@ -153,16 +189,7 @@ def run_batch(
             bar.start = loop_start
             for task, record in executor.run(tasks):
                 t0 = time.perf_counter()
-                ledger.append(
-                    {
-                        "output": task.job.name,
-                        "input": task.stamp.path,
-                        "size": task.stamp.size,
-                        "mtime_ns": task.stamp.mtime_ns,
-                        "options": options_hash,
-                        **{k: v for k, v in record.items() if k not in ("output", "input")},
-                    }
-                )
+                ledger.append(_ledger_record(task, options_hash, record))
                 results.append(_result(task.job, record))
                 if record.get("status") == "done":
                     summary.done += 1

@@ -85,9 +85,7 @@ def run(
 ) -> int:
     """The command's body; returns the exit status (see the module's docstring)."""
     from dnrt.batch.jobs import make_jobs, slides_from_arguments, slides_from_list
-    from dnrt.batch.ledger import Ledger
     from dnrt.batch.options import route
-    from dnrt.batch.runner import run_batch
     from dnrt.bundle import load_bundle
 
     _check_ray_address(ray_address)
@@ -98,34 +96,71 @@ def run(
     options = route(translation)
     bundle = load_bundle(model)
     options_hash = options.fingerprint(bundle.path)
+    owns_ray = False
+    if ray_address is not None:  # before anything is created: a dead address leaves nothing
+        from dnrt.batch.cluster import connect
+
+        owns_ray = connect(ray_address)
+    try:
+        return _run_in(
+            out_dir,
+            jobs,
+            bundle.path,
+            options,
+            options_hash,
+            ray_address,
+            workers,
+            cpus_per_worker,
+            gpus_per_worker,
+            retries,
+            quiet,
+            as_json,
+            overwrite,
+        )
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_in(
+    out_dir: Path,
+    jobs: list[Any],
+    bundle_path: Path,
+    options: Any,
+    options_hash: str,
+    ray_address: str | None,
+    workers: int | None,
+    cpus_per_worker: float,
+    gpus_per_worker: float | None,
+    retries: int,
+    quiet: bool,
+    as_json: bool,
+    overwrite: bool,
+) -> int:
+    from dnrt.batch.ledger import Ledger
+    from dnrt.batch.runner import run_batch
+
     _prepare_out_dir(out_dir)
 
     def make_executor(count: int) -> Any:
         if ray_address is None:
             from dnrt.batch.local import LocalExecutor
 
-            return LocalExecutor(str(bundle.path), options.translator, options.per_file)
-        from dnrt.batch.cluster import RayExecutor, connect
+            return LocalExecutor(str(bundle_path), options.translator, options.per_file)
+        from dnrt.batch.cluster import RayExecutor
 
-        owns = connect(ray_address)
-        try:
-            return RayExecutor(
-                str(bundle.path),
-                options.translator,
-                options.per_file,
-                jobs=count,
-                workers=workers,
-                cpus_per_worker=cpus_per_worker,
-                gpus_per_worker=gpus_per_worker,
-                retries=retries,
-                owns_ray=owns,
-            )
-        except BaseException:
-            if owns:
-                import ray
-
-                ray.shutdown()
-            raise
+        return RayExecutor(
+            str(bundle_path),
+            options.translator,
+            options.per_file,
+            jobs=count,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            retries=retries,
+        )
 
     progress = not quiet and bool(getattr(sys.stderr, "isatty", lambda: False)())
     with Ledger(out_dir) as ledger:

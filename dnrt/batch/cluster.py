@@ -33,6 +33,7 @@ from dnrt.batch.runner import Task
 from dnrt.errors import DnrtError
 
 CONNECT_TIMEOUT_S = 30.0
+TIMEOUT_ENV = "DNRT_RAY_CONNECT_TIMEOUT_S"
 #: Tasks waiting at each actor besides the running one.
 QUEUED_PER_WORKER = 1
 #: How many times a worker is restarted, and its slide retried, after its process died.
@@ -67,18 +68,27 @@ def _check_reachable(address: str, timeout: float) -> None:
         raise DnrtError(f"Ray cluster at {address} does not answer ({reason})") from None
 
 
-def connect(address: str | None, *, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+def connect(address: str | None, *, timeout: float | None = None) -> bool:
     """Join (or start, for ``local``) a Ray cluster; True when this call initialised Ray.
 
     A process already connected (``ray.init`` called by the host program) is reused as it is.
+    ``timeout`` defaults to ``$DNRT_RAY_CONNECT_TIMEOUT_S`` or :data:`CONNECT_TIMEOUT_S`.
     """
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get(TIMEOUT_ENV, CONNECT_TIMEOUT_S))
+        except ValueError:
+            raise DnrtError(f"{TIMEOUT_ENV} must be a number of seconds") from None
     if address is not None and address.startswith("ray://"):
         raise DnrtError(
             "Ray Client addresses (ray://) are not supported; give the head's GCS address HOST:PORT"
         )
     ray = _import_ray()
+    _diagnostics_to_stderr(ray)
     if ray.is_initialized():
         return False
+    # Ray's C++ core logs its connection retries on stderr as warnings; errors still show.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
     if address in (None, "", LOCAL):
         pass  # a fresh local cluster sized to this machine
@@ -115,6 +125,22 @@ def connect(address: str | None, *, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     return True
 
 
+def _diagnostics_to_stderr(ray: Any) -> None:
+    """Ray prints the cluster's messages to the driver ("worker died", "task will be retried")
+    on stdout, which would corrupt ``--json``: send them to stderr. Ray's private hook; where a
+    Ray version lacks it, nothing changes."""
+    module = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(module, "print_to_stdstream", None)
+    if original is None or getattr(original, "_dnrt_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return original({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr._dnrt_stderr = True  # type: ignore[attr-defined]
+    module.print_to_stdstream = to_stderr
+
+
 class RayExecutor:
     """Actors holding one Translator each; yields results as slides finish."""
 
@@ -129,11 +155,9 @@ class RayExecutor:
         cpus_per_worker: float = 1.0,
         gpus_per_worker: float | None = None,
         retries: int = DEFAULT_RETRIES,
-        owns_ray: bool = False,
     ) -> None:
         ray = _import_ray()
         self.ray = ray
-        self.owns_ray = owns_ray
         self.busy_seconds = 0.0
         self._in_flight: dict[Any, tuple[Task, int]] = {}
         resources = ray.cluster_resources()
@@ -241,8 +265,6 @@ class RayExecutor:
         unfinished = [task.job.output for task, _ in self._in_flight.values()]
         if unfinished:  # interrupted: the killed workers' temporaries (on this node) go too
             remove_stale_outputs(unfinished)
-        if self.owns_ray:
-            ray.shutdown()
 
 
 def remove_stale_outputs(outputs: list[Path], wait_s: float = 5.0) -> None:

@@ -168,11 +168,7 @@ def run_batch(
     tasks, refused, skipped = plan_tasks(jobs, ledger, options_hash, overwrite)
     summary.skipped = len(skipped)
     results = list(skipped)
-    # Refusals are results at once; the others are recorded as started before any is dispatched.
-    ledger.append_many(
-        [_ledger_record(t, options_hash, r) for t, r in refused]
-        + [_ledger_record(t, options_hash, {"status": "started"}) for t in tasks]
-    )
+    ledger.append_many([_ledger_record(t, options_hash, r) for t, r in refused])
     for task, record in refused:
         results.append(_result(task.job, record))
         summary.failed += 1
@@ -185,6 +181,8 @@ def run_batch(
         if tasks:
             executor = make_executor(len(tasks))
             summary.workers = executor.workers
+            # Recorded as started before any is dispatched (see dnrt.batch.ledger).
+            ledger.append_many([_ledger_record(t, options_hash, {"status": "started"}) for t in tasks])
             loop_start = time.perf_counter()
             bar.start = loop_start
             for task, record in executor.run(tasks):

@@ -177,7 +177,7 @@ def _run_in(
     if as_json:
         click.echo(json.dumps(asdict(summary), indent=2))
     elif not quiet:
-        rate = f", {summary.tiles_per_s:.0f} tiles/s" if summary.done else ""
+        rate = f", {summary.tiles_per_s:.3g} tiles/s" if summary.done else ""
         click.echo(
             f"batch: {summary.slides} slides: {summary.done} translated, {summary.skipped} already done, "
             f"{summary.failed} failed in {summary.seconds:.1f} s{rate}; ledger {summary.ledger}",

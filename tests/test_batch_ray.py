@@ -111,7 +111,10 @@ def test_worker_killed_mid_slide_is_retried_and_leaves_nothing(
     assert (out / "slide0.tif").read_bytes() == reference(tmp_path, slides[0], bundle, *OPTS)
 
 
-def test_driver_killed_then_resumed_on_the_cluster(tmp_path: Path, bundle: Path, cluster: str) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_driver_killed_then_resumed_on_the_cluster(
+    tmp_path: Path, bundle: Path, cluster: str, signum: int
+) -> None:
     slides = write_slides(tmp_path / "in", [(256, 256)] * 6)
     out = tmp_path / "out"
     args = [
@@ -127,13 +130,23 @@ def test_driver_killed_then_resumed_on_the_cluster(tmp_path: Path, bundle: Path,
         deadline = time.monotonic() + 120
         while done() < 1 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     done_before = done()
     assert 1 <= done_before < len(slides)  # killed mid-batch
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 143
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert errors == [
+            "error: terminated (SIGTERM); finished slides are in the ledger, run again to do the rest"
+        ]
+        assert "Traceback" not in stderr
+        assert leftovers(out) == []  # the driver stopped its worker and removed its temporary
+    else:
+        assert proc.returncode == -signal.SIGKILL
     code, stdout, stderr = run_batch(*args, "--json")
     assert code == 0, stderr
     summary = json.loads(stdout)

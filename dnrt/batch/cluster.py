@@ -39,6 +39,9 @@ QUEUED_PER_WORKER = 1
 #: How many times a worker is restarted, and its slide retried, after its process died.
 DEFAULT_RETRIES = 2
 LOCAL = "local"
+WAIT_SLICE_S = 0.25
+#: How long an interrupted driver waits for its killed workers to exit before cleaning up.
+KILL_WAIT_S = 10.0
 
 
 class ClusterUnreachable(DnrtError):
@@ -160,6 +163,7 @@ class RayExecutor:
         self.ray = ray
         self.busy_seconds = 0.0
         self._in_flight: dict[Any, tuple[Task, int]] = {}
+        self._pids: list[int] = []
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
             gpus_per_worker = 1.0 if resources.get("GPU", 0) > 0 else 0.0
@@ -198,7 +202,7 @@ class RayExecutor:
         """Every actor loaded the bundle (or the batch stops with the first one's error)."""
         ray = self.ray
         try:
-            ray.get([actor.pid.remote() for actor in self.actors])
+            self._pids = ray.get([actor.pid.remote() for actor in self.actors])
         except ray.exceptions.RayActorError as exc:
             cause = getattr(exc, "cause", None) or exc
             if isinstance(cause, DnrtError):
@@ -231,7 +235,11 @@ class RayExecutor:
                     submit(slot)
         self.busy_seconds += time.perf_counter() - t0
         while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            # A bounded wait: signals (Ctrl-C, SIGTERM) are handled between waits, not after
+            # the next slide ends.
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_SLICE_S)
+            if not ready:
+                continue
             t0 = time.perf_counter()
             ref = ready[0]
             task, slot = in_flight.pop(ref)
@@ -248,6 +256,8 @@ class RayExecutor:
             except ray.exceptions.RayError as exc:
                 first = str(exc).strip().splitlines()
                 record = {"status": "failed", "error": f"Ray: {first[0] if first else type(exc).__name__}"}
+            if isinstance(record.get("pid"), int) and slot < len(self._pids):
+                self._pids[slot] = record["pid"]  # a restarted worker has a new process
             while pending and load[slot] < 1 + QUEUED_PER_WORKER:
                 submit(slot)
             self.busy_seconds += time.perf_counter() - t0
@@ -263,11 +273,16 @@ class RayExecutor:
                 ray.kill(actor, no_restart=True)
         self.actors = []
         unfinished = [task.job.output for task, _ in self._in_flight.values()]
-        if unfinished:  # interrupted: the killed workers' temporaries (on this node) go too
+        if unfinished:
+            # Interrupted: once the killed workers are gone (those on this node), their
+            # temporaries are stale and go too.
+            deadline = time.monotonic() + KILL_WAIT_S
+            while any(_alive(pid) for pid in self._pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
             remove_stale_outputs(unfinished)
 
 
-def remove_stale_outputs(outputs: list[Path], wait_s: float = 5.0) -> None:
+def remove_stale_outputs(outputs: list[Path], wait_s: float = 2.0) -> None:
     """After the workers were killed (an interrupted driver), remove their temporaries.
 
     Only temporaries whose writing process no longer exists are removed, so this waits (up to
@@ -284,6 +299,16 @@ def remove_stale_outputs(outputs: list[Path], wait_s: float = 5.0) -> None:
         if not left or time.monotonic() > deadline:
             return
         time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _has_temp(dest: Path, marker: str) -> bool:

@@ -211,3 +211,11 @@ def test_ray_taking_a_slide_as_its_address_is_a_usage_error(tmp_path: Path, bund
     slides = write_slides(tmp_path / "in", [(40, 40), (40, 40)])
     code, _, stderr = run_batch("--out-dir", tmp_path / "out", "-m", bundle, "--ray", *slides)
     assert code == 2 and "--ray took" in stderr
+
+
+def test_more_workers_than_the_cluster_holds_is_refused(tmp_path: Path, bundle: Path, cluster: str) -> None:
+    slides = write_slides(tmp_path / "in", [(40, 40), (40, 40), (40, 40)])
+    out = tmp_path / "out"
+    code, _, stderr = run_batch(*slides, "--out-dir", out, "-m", bundle, "--ray", cluster, "--workers", "3")
+    assert code == 1 and "do not fit the Ray cluster (2 CPUs, 0 GPUs)" in stderr
+    assert not (out / LEDGER_NAME).exists()  # no slide was recorded as started

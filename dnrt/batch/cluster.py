@@ -173,6 +173,14 @@ class RayExecutor:
             else:
                 workers = int(resources.get("CPU", 1) // max(cpus_per_worker, 1e-9))
             workers = max(1, min(workers, jobs))
+        # Actors the cluster cannot place would wait forever: refuse up front.
+        if gpus_per_worker * workers > resources.get("GPU", 0) or cpus_per_worker * workers > resources.get(
+            "CPU", 0
+        ):
+            raise DnrtError(
+                f"{workers} workers of {cpus_per_worker:g} CPUs and {gpus_per_worker:g} GPUs do not fit the Ray "
+                f"cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); lower --workers"
+            )
         if gpus_per_worker > resources.get("GPU", 0):
             raise DnrtError(
                 f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs"

@@ -150,13 +150,13 @@ def make_jobs(slides: Sequence[Slide], out_dir: Path, template: str = DEFAULT_TE
 
     check_template(template)
     if not slides:
-        raise DnrtError("no slides given (SLIDES... or --list FILE)")
-    missing = [s for s in slides if not s.path.is_file()]
+        raise DnrtError("no slides given (SLIDES... or --list FILE)", exit_code=2)
+    # A folder may be a slide (formats stored as a directory); the reader decides.
+    missing = [s for s in slides if not s.path.exists()]
     if missing:
         first = missing[0]
-        what = "does not exist" if not first.path.exists() else "is not a file"
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        raise DnrtError(f"{first.origin}: slide '{first.path}' {what}{more}")
+        raise DnrtError(f"{first.origin}: slide '{first.path}' does not exist{more}")
     jobs: list[Job] = []
     seen: dict[str, Slide] = {}
     root = out_dir.resolve()

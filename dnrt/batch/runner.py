@@ -123,7 +123,13 @@ def plan_tasks(
     refused: list[tuple[Task, dict[str, Any]]] = []
     skipped: list[dict[str, Any]] = []
     for job in jobs:
-        stamp = InputStamp.of(job.input)
+        try:
+            stamp = InputStamp.of(job.input)
+        except OSError as exc:  # gone or unreadable since the list was checked
+            stamp = InputStamp(str(job.input), -1, -1)
+            error = f"cannot read '{job.input}': {exc.strerror or exc}"
+            refused.append((Task(job, stamp, False), {"status": "failed", "error": error, "seconds": 0.0}))
+            continue
         latest = ledger.records.get(job.name)
         exists = os.path.lexists(job.output)
         if exists and job.output.exists() and is_done(latest, stamp, options_hash):

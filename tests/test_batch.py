@@ -115,10 +115,16 @@ def test_every_trt_translate_option_is_a_batch_option_and_routes() -> None:
     shared = {p.name for p in shared_parameters()}
     assert shared == {p.name for p in translate_command.params} - {"input", "output"}
     assert shared <= set(batch_names)
+    from dnrt.batch.options import _keywords
+    from dnrt.runtime.api import Translator
+
+    takers = _keywords(Translator.__init__) | _keywords(Translator.translate_file)
+    translation = shared - set(BATCH_OWN) - {"precision", "device_index"}  # those two: backend_options
+    assert translation - takers == set(), "trt-translate options that dnrt batch cannot pass on"
     ctx = click.Context(batch_command)
     defaults = {p.name: p.get_default(ctx) for p in shared_parameters() if p.name not in BATCH_OWN}
-    routed = route(defaults)  # raises for an option neither Translator nor translate_file takes
-    assert set(routed.translator) | set(routed.per_file) >= set(defaults) - {"precision", "device_index"}
+    routed = route(defaults)
+    assert set(routed.translator) | set(routed.per_file) == translation
     with pytest.raises(DnrtError, match="cannot pass --no-such-option"):
         route({"no_such_option": 1})
 

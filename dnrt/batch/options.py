@@ -7,7 +7,8 @@ Its value reaches the per-slide call generically: a click parameter ``foo`` goes
 ``Translator.translate_file`` (called per slide), case-insensitive choices lower-cased as
 ``trt-translate`` does. The only renamed ones are ``--precision``/``--device``, which become
 ``backend_options`` exactly as in ``trt-translate``. An option that neither takes is refused
-when the batch starts (and by the test that walks every ``trt-translate`` option).
+when the batch starts if it is set (at its default it is left out), and the test that walks
+every ``trt-translate`` option fails for it, naming it.
 
 The options hash recorded in the ledger covers every routed option but those that cannot change
 the output's pixels (:data:`NOT_IN_HASH`), plus the bundle's files, so a re-run redoes a slide
@@ -97,6 +98,9 @@ def route(cli_values: dict[str, Any]) -> TranslationOptions:
             options.translator[name] = value
         elif name in file_keys:
             options.per_file[name] = value
+        elif param is not None and value == param.default:
+            # An option at its default needs no passing on; a set one must not be dropped.
+            continue
         else:
             raise DnrtError(
                 f"dnrt batch cannot pass --{name.replace('_', '-')} on: neither Translator nor "

@@ -73,11 +73,8 @@ def test_three_slides_on_two_workers_equal_trt_translate(tmp_path: Path, bundle:
     assert leftovers(out) == []
 
 
-def test_worker_killed_mid_slide_is_retried_and_leaves_nothing(
-    tmp_path: Path, bundle: Path, cluster: str
-) -> None:
-    slides = write_slides(tmp_path / "in", [(1024, 1024), (96, 96), (128, 96)])
-    out = tmp_path / "out"
+def _run_killing_first_writer(out: Path, *args: str | Path) -> tuple[int, str, str, list[int]]:
+    """Run the batch while a watcher SIGKILLs the process writing slide0.tif, mid-slide."""
     killed: list[int] = []
     stop = threading.Event()
 
@@ -95,13 +92,22 @@ def test_worker_killed_mid_slide_is_retried_and_leaves_nothing(
     watcher = threading.Thread(target=kill_first_writer, daemon=True)
     watcher.start()
     try:
-        code, stdout, stderr = run_batch(
-            *slides, "--out-dir", out, "-m", bundle, *OPTS, "--ray", cluster, "--workers", "2", "--json"
-        )
+        code, stdout, stderr = run_batch(*args)
     finally:
         stop.set()
         watcher.join(5)
     assert killed, "the slide finished before the watcher saw its temporary"
+    return code, stdout, stderr, killed
+
+
+def test_worker_killed_mid_slide_is_retried_and_leaves_nothing(
+    tmp_path: Path, bundle: Path, cluster: str
+) -> None:
+    slides = write_slides(tmp_path / "in", [(1024, 1024), (96, 96), (128, 96)])
+    out = tmp_path / "out"
+    code, stdout, stderr, killed = _run_killing_first_writer(
+        out, *slides, "--out-dir", out, "-m", bundle, *OPTS, "--ray", cluster, "--workers", "2", "--json"
+    )
     assert code == 0, stderr
     summary = json.loads(stdout)
     first = next(r for r in summary["results"] if r["output"] == "slide0.tif")
@@ -109,6 +115,30 @@ def test_worker_killed_mid_slide_is_retried_and_leaves_nothing(
     _all_done_once(out, [f"{s.stem}.tif" for s in slides])
     assert leftovers(out) == []  # the killed worker's temporary was removed by the retry
     assert (out / "slide0.tif").read_bytes() == reference(tmp_path, slides[0], bundle, *OPTS)
+
+
+def test_worker_dying_past_its_retries_fails_that_slide_only(
+    tmp_path: Path, bundle: Path, cluster: str
+) -> None:
+    slides = write_slides(tmp_path / "in", [(1024, 1024), (96, 96), (128, 96), (64, 64)])
+    out = tmp_path / "out"
+    args = [*slides, "--out-dir", out, "-m", bundle, *OPTS, "--ray", cluster, "--workers", "1", "--json"]
+    code, stdout, stderr, _ = _run_killing_first_writer(out, *args, "--retries", "0")
+    assert code == 3, stderr
+    summary = json.loads(stdout)
+    status = {r["output"]: r["status"] for r in summary["results"]}
+    assert status == {
+        "slide0.tif": "failed",
+        "slide1.tif": "done",
+        "slide2.tif": "done",
+        "slide3.tif": "done",
+    }
+    error = next(r["error"] for r in summary["results"] if r["output"] == "slide0.tif")
+    assert error.startswith("the worker died on this slide")
+    assert not (out / "slide0.tif").exists()  # the replacement worker did the rest
+    code, stdout, _ = run_batch(*args)  # the re-run redoes slide0 and removes the dead one's temporary
+    assert code == 0 and json.loads(stdout)["done"] == 1
+    assert leftovers(out) == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])

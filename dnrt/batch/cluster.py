@@ -162,7 +162,7 @@ class RayExecutor:
         ray = _import_ray()
         self.ray = ray
         self.busy_seconds = 0.0
-        self._in_flight: dict[Any, tuple[Task, int]] = {}
+        self._in_flight: dict[Any, tuple[Task, int, int]] = {}
         self._pids: list[int] = []
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
@@ -224,16 +224,18 @@ class RayExecutor:
     def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
         ray = self.ray
         pending = list(reversed(tasks))
-        in_flight: dict[Any, tuple[Task, int]] = {}
+        # ref -> (task, worker slot, the slot's actor generation when submitted)
+        in_flight: dict[Any, tuple[Task, int, int]] = {}
         self._in_flight = in_flight
         load = [0] * len(self.actors)
+        generation = [0] * len(self.actors)
 
         def submit(slot: int) -> None:
             task = pending.pop()
             ref = self.actors[slot].run.remote(
                 str(task.job.input.resolve()), str(task.job.output.resolve()), task.overwrite
             )
-            in_flight[ref] = (task, slot)
+            in_flight[ref] = (task, slot, generation[slot])
             load[slot] += 1
 
         t0 = time.perf_counter()
@@ -244,32 +246,41 @@ class RayExecutor:
         self.busy_seconds += time.perf_counter() - t0
         while in_flight:
             # A bounded wait: signals (Ctrl-C, SIGTERM) are handled between waits, not after
-            # the next slide ends.
+            # the next slide ends. Results come in submission order when several are ready.
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_SLICE_S)
             if not ready:
                 continue
             t0 = time.perf_counter()
             ref = ready[0]
-            task, slot = in_flight.pop(ref)
+            task, slot, submitted_to = in_flight.pop(ref)
             load[slot] -= 1
+            record: dict[str, Any] | None
             try:
                 record = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                # Restarts exhausted: this slide kills its worker. Record it, replace the worker.
-                record = {
-                    "status": "failed",
-                    "error": f"the worker died on this slide ({type(exc).__name__})",
-                }
-                self.actors[slot] = self._new_actor()
+                if submitted_to == generation[slot]:
+                    # Restarts exhausted: the first error of this actor is the slide it was
+                    # running, which kills its worker. Record it, replace the worker.
+                    record = {
+                        "status": "failed",
+                        "error": f"the worker died on this slide ({type(exc).__name__})",
+                    }
+                    self.actors[slot] = self._new_actor()
+                    generation[slot] += 1
+                else:
+                    # Queued behind that slide on the dead actor, never started: hand it out again.
+                    record = None
+                    pending.append(task)
             except ray.exceptions.RayError as exc:
                 first = str(exc).strip().splitlines()
                 record = {"status": "failed", "error": f"Ray: {first[0] if first else type(exc).__name__}"}
-            if isinstance(record.get("pid"), int) and slot < len(self._pids):
+            if record is not None and isinstance(record.get("pid"), int) and slot < len(self._pids):
                 self._pids[slot] = record["pid"]  # a restarted worker has a new process
             while pending and load[slot] < 1 + QUEUED_PER_WORKER:
                 submit(slot)
             self.busy_seconds += time.perf_counter() - t0
-            yield task, record
+            if record is not None:
+                yield task, record
 
     def pids(self) -> list[int]:
         return self.ray.get([actor.pid.remote() for actor in self.actors])
@@ -280,7 +291,7 @@ class RayExecutor:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor, no_restart=True)
         self.actors = []
-        unfinished = [task.job.output for task, _ in self._in_flight.values()]
+        unfinished = [entry[0].job.output for entry in self._in_flight.values()]
         if unfinished:
             # Interrupted: once the killed workers are gone (those on this node), their
             # temporaries are stale and go too.

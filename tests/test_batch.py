@@ -197,6 +197,16 @@ def test_list_file_with_header_relative_paths_and_output_column(tmp_path: Path, 
     assert (out / "special.tif").read_bytes() == reference(tmp_path, slides[1], bundle, *OPTS)
 
 
+def test_list_columns_are_fields_and_win_over_computed_ones(tmp_path: Path) -> None:
+    write_slides(tmp_path / "in", [(40, 40), (40, 40)])
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,index,stem\nin/slide0.tif,7,a\nin/slide1.tif,8,b\n")
+    jobs = make_jobs(slides_from_list(listing), tmp_path / "out", "{index}-{stem}.tif")
+    assert [j.name for j in jobs] == ["7-a.tif", "8-b.tif"]
+    with pytest.raises(DnrtError, match="output name template"):
+        make_jobs(slides_from_list(listing), tmp_path / "out", "{index:05d}.tif")  # a string column
+
+
 def test_plain_list_one_path_a_line(tmp_path: Path) -> None:
     write_slides(tmp_path / "in", [(40, 40), (40, 40)])
     listing = tmp_path / "list.txt"

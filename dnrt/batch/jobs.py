@@ -164,20 +164,22 @@ def make_jobs(slides: Sequence[Slide], out_dir: Path, template: str = DEFAULT_TE
         if slide.output is not None:
             raw = slide.output
         else:
-            fields = {
+            # The list's columns win over the computed fields of the same name.
+            fields: dict[str, object] = {
                 "stem": _stem(slide.path.name),
                 "name": slide.path.name,
                 "parent": slide.path.resolve().parent.name,
+                "index": index,
                 **slide.fields,
             }
             try:
-                raw = template.format(index=index, **fields)
+                raw = template.format_map(fields)
             except KeyError as exc:
-                known = ", ".join(sorted({"index", *fields}))
+                known = ", ".join(sorted(fields))
                 raise DnrtError(
                     f"output name template {template!r}: unknown field {exc.args[0]!r} (known: {known})"
                 ) from None
-            except (ValueError, IndexError, AttributeError) as exc:
+            except (ValueError, IndexError, AttributeError, TypeError) as exc:
                 raise DnrtError(f"output name template {template!r}: {exc}") from None
         name = _relative_name(raw, slide.origin)
         output = out_dir / name

@@ -35,6 +35,7 @@ import numpy as np
 
 from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.options import SCHEDULES
 from dnrt.runtime.pixels import network_output_to_uint8, paste_planar
 from dnrt.runtime.plan import RowBand, TilePlan
 from dnrt.runtime.tables import AreaThumbnail, DenseStats, GlobalStats, KernelStats, NeighbourhoodSource
@@ -49,8 +50,6 @@ from dnrt.semantics import (
     collect_flavour,
     kin_kernel,
 )
-
-SCHEDULES = ("streaming", "two-pass")
 
 
 class Source(Protocol):

@@ -265,7 +265,9 @@ def test_degenerate_rules_match_reference_on_torch(small_bundle_path: Path, rule
         return backend
 
     image = _flat_next_to_texture(64, 96)
-    got = _translate(factory(), image, mode="dn", batch=2, degenerate=rule)
+    # Batch 1 like the brute-force reference: batched oneDNN convolutions may round differently
+    # (one uint8 level) on some CPUs, and this test is about the tables, not the convolution.
+    got = _translate(factory(), image, mode="dn", batch=1, degenerate=rule)
     expected = reference_translate(
         factory(), image, "dn", tile=bundle.manifest.tile, margin=bundle.manifest.margin, degenerate=rule
     )

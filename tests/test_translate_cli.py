@@ -221,8 +221,8 @@ def test_bad_options(work: Path, bundle: Path) -> None:
     _expect_error(work, [inp, *m], "'--output'", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--batch", "0"], "'--batch'", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--margin", "3"], "even")
-    _expect_error(work, [inp, "-o", out, *m, "--mode", "kin", "--kin-kernel", "4"], "odd")
-    _expect_error(work, [inp, "-o", out, *m, "--std-floor", "-1"], "std floor")
+    _expect_error(work, [inp, "-o", out, *m, "--mode", "kin", "--kin-kernel", "4"], "odd", code=2)
+    _expect_error(work, [inp, "-o", out, *m, "--std-floor", "-1"], "std floor", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--compression", "gzip9"], "compression", code=2)
     _expect_error(work, [inp, "-o", work / "missing-folder" / "o.tif", *m], "does not exist")
     _expect_error(work, [inp, "-o", work / "out.xyz", *m], "suffix")
@@ -359,7 +359,7 @@ def test_ort_backend_splits_threads_when_overlapping(bundle: Path) -> None:
     with Translator(bundle, backend="ort", mode="dn", threads=3, overlap=True) as streaming:
         assert streaming.backend.session_threads("stats") + streaming.backend.session_threads("dense") == 3
         assert "side by side" in streaming.backend.describe()
-        assert streaming.options.batch == 1  # the CPU backend's preferred batch
+        assert streaming.schedule_options.batch == 1  # the CPU backend's preferred batch
     with Translator(bundle, backend="ort", mode="dn", threads=3, schedule="two-pass") as two_pass:
         assert two_pass.backend.session_threads("stats") == 3
         assert "3 threads" in two_pass.backend.describe()

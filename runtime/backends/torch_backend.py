@@ -55,9 +55,16 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None
+        self,
+        bundle: Bundle,
+        device: str = "cpu",
+        precision: str = "fp32",
+        threads: int | None = None,
+        device_index: int = 0,
     ):
         super().__init__(bundle)
+        if device == "cuda" and device_index:
+            device = f"cuda:{device_index}"  # the index every other backend takes as a number
         if precision not in PRECISIONS:
             raise DnrtError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
         if precision == "fp16" and not device.startswith("cuda"):

@@ -437,6 +437,7 @@ def _build_source(path: Path, tif: Any, cache_bytes: int | None, workers: int | 
     first = source._planes[0][0]
     source.height, source.width = height, width
     source.resolution, source.resolution_unit = _resolution(tif, keyframe)
+    source.objective_power = _objective_power(tif, keyframe)
     source.icc_profile = keyframe.iccprofile or None
     kind = "BigTIFF" if tif.is_bigtiff else "TIFF"
     flavour = next(
@@ -536,5 +537,32 @@ def _microns_per_pixel(tif: Any, page: Any) -> tuple[float, float] | None:
             if values[0] > 0 and values[1] > 0:
                 return values[0], values[1]
     except (KeyError, ValueError, StopIteration, TypeError, SyntaxError, ImportError):
+        return None
+    return None
+
+
+def _objective_power(tif: Any, page: Any) -> float | None:
+    """The objective's magnification: Aperio's ``AppMag``, or OME's ``NominalMagnification``
+    (of the objective the first image refers to, else of the only one)."""
+    try:
+        if tif.is_svs and page.description:
+            from tifffile.tifffile import svs_description_metadata
+
+            power = float(svs_description_metadata(page.description)["AppMag"])
+            return power if power > 0 else None
+        if tif.is_ome and tif.ome_metadata:
+            import xml.etree.ElementTree as ET
+
+            root = ET.fromstring(tif.ome_metadata)
+            local = {el: el.tag.rsplit("}", 1)[-1] for el in root.iter()}
+            objectives = {el.get("ID"): el for el, tag in local.items() if tag == "Objective"}
+            chosen = next((el.get("ID") for el, tag in local.items() if tag == "ObjectiveSettings"), None)
+            objective = objectives.get(chosen) if chosen else None
+            if objective is None and len(objectives) == 1:
+                objective = next(iter(objectives.values()))
+            if objective is not None and objective.get("NominalMagnification"):
+                power = float(objective.get("NominalMagnification"))
+                return power if power > 0 else None
+    except (KeyError, ValueError, TypeError, SyntaxError, ImportError):
         return None
     return None

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -27,7 +26,6 @@ from fakes import write_toy_bundle  # noqa: E402
 from dnrt.batch.cli import batch_command  # noqa: E402
 from dnrt.batch.jobs import make_jobs, slides_from_arguments, slides_from_list  # noqa: E402
 from dnrt.batch.ledger import LEDGER_NAME, Ledger, read_records  # noqa: E402
-from dnrt.batch.options import BATCH_OWN, route, shared_parameters  # noqa: E402
 from dnrt.errors import DnrtError  # noqa: E402
 from dnrt.runtime.cli import translate_command  # noqa: E402
 
@@ -108,25 +106,22 @@ def test_translation_options_reach_every_slide(tmp_path: Path, bundle: Path) -> 
         assert data != reference(tmp_path, slide, bundle, *OPTS)  # the options did change something
 
 
-def test_every_trt_translate_option_is_a_batch_option_and_routes() -> None:
-    """An option added to trt-translate must work in dnrt batch: present, and routed by name."""
-    batch_names = [p.name for p in batch_command.params]
-    assert len(batch_names) == len(set(batch_names)), "a batch option shadows a trt-translate one"
-    shared = {p.name for p in shared_parameters()}
-    assert shared == {p.name for p in translate_command.params} - {"input", "output"}
-    assert shared <= set(batch_names)
-    from dnrt.batch.options import _keywords
-    from dnrt.runtime.api import Translator
+def test_every_trt_translate_option_is_a_batch_option() -> None:
+    """An option added to trt-translate must work in dnrt batch: the same option, same default."""
+    from dnrt.runtime.cli import options_from_cli
+    from dnrt.runtime.options import TranslateOptions
 
-    takers = _keywords(Translator.__init__) | _keywords(Translator.translate_file)
-    translation = shared - set(BATCH_OWN) - {"precision", "device_index"}  # those two: backend_options
-    assert translation - takers == set(), "trt-translate options that dnrt batch cannot pass on"
-    ctx = click.Context(batch_command)
-    defaults = {p.name: p.get_default(ctx) for p in shared_parameters() if p.name not in BATCH_OWN}
-    routed = route(defaults)
-    assert set(routed.translator) | set(routed.per_file) == translation
-    with pytest.raises(DnrtError, match="cannot pass --no-such-option"):
-        route({"no_such_option": 1})
+    batch = {p.name: p for p in batch_command.params}
+    assert len(batch) == len(batch_command.params), "a batch option shadows a trt-translate one"
+    shared = [p for p in translate_command.params if p.name not in ("input", "output")]
+    for param in shared:
+        assert param.name in batch and batch[param.name].opts == param.opts, param.name
+    parsed_batch = batch_command.make_context("batch", ["--out-dir", "o", "-m", "b"]).params
+    parsed_translate = translate_command.make_context("translate", ["i.tif", "-o", "o.tif", "-m", "b"]).params
+    for param in shared:
+        assert parsed_batch[param.name] == parsed_translate[param.name], param.name  # same default
+    settings = {p.name: parsed_batch[p.name] for p in shared if p.name not in ("model", "quiet", "as_json")}
+    assert options_from_cli(settings) == TranslateOptions()
 
 
 # --------------------------------------------------------------------------- names

@@ -6,8 +6,8 @@ slide in the list, an output folder that is not writable, a Ray cluster that doe
 a broken bundle), 2 a usage error, 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP (the slides
 finished so far are in the ledger; a re-run does the rest).
 
-Every ``trt-translate`` option but INPUT and ``--output`` is also an option here (taken from
-its command, :mod:`dnrt.batch.options`), with the same meaning for every slide.
+Every ``trt-translate`` translation option is also an option here (the same click options,
+:func:`dnrt.runtime.cli.translation_options`), with the same meaning for every slide.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any
 import click
 
 from dnrt.batch.jobs import DEFAULT_TEMPLATE
-from dnrt.batch.options import shared_parameters
 from dnrt.errors import DnrtError
-from dnrt.runtime.cli import CliError, _OneLineCommand
+from dnrt.runtime.cli import CliError, _OneLineCommand, options_from_cli, translation_options
 
 #: Looks like a slide, not a Ray address: ``--ray a.tif b.tif`` took the first slide as address.
 _IMAGE_HINTS = (
@@ -80,22 +79,22 @@ def run(
     model: Path,
     quiet: bool,
     as_json: bool,
-    overwrite: bool,
-    **translation: Any,
+    **settings: Any,
 ) -> int:
     """The command's body; returns the exit status (see the module's docstring)."""
     from dnrt.batch.jobs import make_jobs, slides_from_arguments, slides_from_list
-    from dnrt.batch.options import route
+    from dnrt.batch.options import fingerprint
     from dnrt.bundle import load_bundle
+
+    options = options_from_cli(settings)  # every value checked before any slide is read
 
     _check_ray_address(ray_address)
     if slides and list_file is not None:
         raise DnrtError("give slides as arguments or --list FILE, not both", exit_code=2)
     entries = slides_from_list(list_file) if list_file is not None else slides_from_arguments(slides)
     jobs = make_jobs(entries, out_dir, name_template)
-    options = route(translation)
     bundle = load_bundle(model)
-    options_hash = options.fingerprint(bundle.path)
+    options_hash = fingerprint(options, bundle.path)
     owns_ray = False
     if ray_address is not None:  # before anything is created: a dead address leaves nothing
         from dnrt.batch.cluster import connect
@@ -115,7 +114,6 @@ def run(
             retries,
             quiet,
             as_json,
-            overwrite,
         )
     finally:
         if owns_ray:
@@ -137,7 +135,6 @@ def _run_in(
     retries: int,
     quiet: bool,
     as_json: bool,
-    overwrite: bool,
 ) -> int:
     from dnrt.batch.ledger import Ledger
     from dnrt.batch.runner import run_batch
@@ -148,13 +145,12 @@ def _run_in(
         if ray_address is None:
             from dnrt.batch.local import LocalExecutor
 
-            return LocalExecutor(str(bundle_path), options.translator, options.per_file)
+            return LocalExecutor(str(bundle_path), options)
         from dnrt.batch.cluster import RayExecutor
 
         return RayExecutor(
             str(bundle_path),
-            options.translator,
-            options.per_file,
+            options,
             jobs=count,
             workers=workers,
             cpus_per_worker=cpus_per_worker,
@@ -170,7 +166,7 @@ def _run_in(
             options_hash,
             make_executor,
             mode="local" if ray_address is None else f"ray {ray_address}",
-            overwrite=overwrite,
+            overwrite=options.overwrite,
             progress=progress,
             quiet=quiet,
         )
@@ -239,6 +235,17 @@ def _run_in(
     show_default=True,
     help="Times a Ray worker that died is restarted and its slide retried.",
 )
+@click.option(
+    "-m",
+    "--model",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Model bundle directory (export-model).",
+)
+# Every trt-translate option (but INPUT and --output): options added there reach dnrt batch too.
+@translation_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary of the batch on stdout.")
 def batch_command(**kwargs: Any) -> None:
     """Translate SLIDES (or those of --list) into --out-dir; re-running skips the finished ones.
 
@@ -264,8 +271,3 @@ def batch_command(**kwargs: Any) -> None:
             f"{describe(exc)}; finished slides are in the ledger, run again to do the rest", exit_code_of(exc)
         ) from None
     sys.exit(code)
-
-
-# Every trt-translate option (but INPUT and --output) is a batch option: added here, not listed,
-# so options added to trt-translate later reach dnrt batch without an edit.
-batch_command.params.extend(shared_parameters())

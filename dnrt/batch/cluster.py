@@ -3,10 +3,9 @@
 Ray (``pip install 'dnrt[cluster]'``) is imported here only, when ``--ray`` is given. Each worker
 is a Ray actor holding a :class:`~dnrt.batch.worker.SlideWorker` (one Translator, loaded once);
 it reserves ``--cpus-per-worker`` CPUs and, where the cluster has GPUs, ``--gpus-per-worker``
-GPUs. Slides are handed out one task at a time (at most :data:`QUEUED_PER_WORKER` waiting per
-actor, so a fast worker is never idle while the driver is busy). Inputs and the output folder
-must be at the same path on every node (a shared filesystem); the worker writes the output
-there itself, to a temporary name renamed when complete.
+GPUs. Slides are handed out one task per actor at a time (:data:`QUEUED_PER_WORKER`). Inputs
+and the output folder must be at the same path on every node (a shared filesystem); the worker
+writes the output there itself, to a temporary name renamed when complete.
 
 A worker process that dies mid-slide (killed, out of memory, a crash in a native library) is
 restarted by Ray and its tasks are retried (``max_restarts``/``max_task_retries``); the killed
@@ -31,11 +30,14 @@ from typing import Any
 
 from dnrt.batch.runner import Task
 from dnrt.errors import DnrtError
+from dnrt.runtime.options import TranslateOptions
 
 CONNECT_TIMEOUT_S = 30.0
 TIMEOUT_ENV = "DNRT_RAY_CONNECT_TIMEOUT_S"
-#: Tasks waiting at each actor besides the running one.
-QUEUED_PER_WORKER = 1
+#: Tasks waiting at each actor besides the running one. None: when an actor dies past its
+#: restarts, Ray fails its queued tasks too, in no reliable order, so the slide that killed it
+#: could not be told from innocent ones; the cost is one driver round trip per slide.
+QUEUED_PER_WORKER = 0
 #: How many times a worker is restarted, and its slide retried, after its process died.
 DEFAULT_RETRIES = 2
 LOCAL = "local"
@@ -150,8 +152,7 @@ class RayExecutor:
     def __init__(
         self,
         bundle: str,
-        translator_options: dict[str, Any],
-        per_file: dict[str, Any],
+        options: TranslateOptions,
         *,
         jobs: int,
         workers: int | None = None,
@@ -189,16 +190,15 @@ class RayExecutor:
             raise DnrtError(
                 f"--cpus-per-worker {cpus_per_worker:g}: the Ray cluster has {resources.get('CPU', 0):g} CPUs"
             )
-        translator_options = dict(translator_options)
-        if translator_options.get("threads") is None:
+        if options.threads is None:
             # One model thread per reserved CPU: workers sharing a node do not oversubscribe it.
-            translator_options["threads"] = max(1, int(cpus_per_worker))
+            options = options.replace(threads=max(1, int(cpus_per_worker)))
         from dnrt.batch.worker import SlideWorker
 
         self._actor_class = ray.remote(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=retries, max_task_retries=retries
         )(SlideWorker)
-        self._args = (str(Path(bundle).resolve()), translator_options, per_file)
+        self._args = (str(Path(bundle).resolve()), options)
         self.workers = workers
         self.actors = [self._new_actor() for _ in range(workers)]
         self._wait_ready()

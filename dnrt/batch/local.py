@@ -7,14 +7,15 @@ from typing import Any
 
 from dnrt.batch.runner import Task
 from dnrt.batch.worker import SlideWorker
+from dnrt.runtime.options import TranslateOptions
 
 
 class LocalExecutor:
     workers = 1
 
-    def __init__(self, bundle: str, translator_options: dict[str, Any], per_file: dict[str, Any]) -> None:
+    def __init__(self, bundle: str, options: TranslateOptions) -> None:
         # A broken bundle or a missing backend fails here, once, as the batch's own error.
-        self.worker = SlideWorker(bundle, translator_options, per_file)
+        self.worker = SlideWorker(bundle, options)
         self.busy_seconds = 0.0
 
     def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dnrt.errors import DnrtError
+
+if TYPE_CHECKING:
+    from dnrt.runtime.options import TranslateOptions
 
 
 def one_line(exc: BaseException) -> str:
@@ -23,13 +26,12 @@ def one_line(exc: BaseException) -> str:
 
 
 class SlideWorker:
-    """Holds a Translator built from ``bundle`` and ``translator_options``; translates slides."""
+    """Holds a Translator built from ``bundle`` and ``options``; translates slides."""
 
-    def __init__(self, bundle: str, translator_options: dict[str, Any], per_file: dict[str, Any]) -> None:
+    def __init__(self, bundle: str, options: TranslateOptions) -> None:
         from dnrt.runtime.api import Translator
 
-        self.per_file = dict(per_file)
-        self.translator = Translator(bundle, **{**translator_options, "progress": False})
+        self.translator = Translator(bundle, options, progress=False)
         self.translator.open()
 
     def pid(self) -> int:
@@ -47,9 +49,7 @@ class SlideWorker:
                 raise DnrtError(
                     f"cannot create the folder '{destination.parent}': {exc.strerror or exc}"
                 ) from None
-            report = self.translator.translate_file(
-                input, output, **{**self.per_file, "overwrite": overwrite}
-            )
+            report = self.translator.translate_file(input, output, overwrite=overwrite)
         except DnrtError as exc:
             result.update(status="failed", error=one_line(exc))
         except MemoryError:

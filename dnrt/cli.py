@@ -373,6 +373,10 @@ def _register_optional_commands() -> None:
     except ImportError:
         return
     main.add_command(translate_command, "translate")
+    # dnrt batch (issue 18): many slides, resumable, locally or on Ray; reuses translate's options.
+    from dnrt.batch.cli import batch_command
+
+    main.add_command(batch_command, "batch")
     try:
         from dnrt.bench.cli import bench_command
     except ImportError:

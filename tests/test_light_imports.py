@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "matplotlib", "openslide")
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "matplotlib", "openslide", "ray")
 
 
 def loaded_after(statement: str) -> list[str]:
@@ -19,7 +19,9 @@ def test_import_dnrt_is_light() -> None:
 
 
 def test_cli_modules_are_light() -> None:
-    assert loaded_after("import dnrt.cli, dnrt.runtime.cli, dnrt.semantics, dnrt.bundle") == []
+    assert (
+        loaded_after("import dnrt.cli, dnrt.runtime.cli, dnrt.semantics, dnrt.bundle, dnrt.batch.cli") == []
+    )
 
 
 def test_cli_help_does_not_load_heavy_libraries() -> None:

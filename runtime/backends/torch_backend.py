@@ -125,7 +125,7 @@ class TorchBackend(Backend):
                 "infer": torch.cuda.Stream(self.device),
             }
         if self.dtype != torch.float32:
-            from dnrt.export.norm import DenseNorm2d
+            from dnrt.ops.torch_op import DenseNorm2d
 
             self.model.generator.to(self.dtype)
             for module in self.model.generator.modules():

@@ -37,12 +37,11 @@ import numpy as np
 
 from dnrt.bundle import Bundle, check_external_data
 from dnrt.errors import DnrtError
+from dnrt.ops import DOMAIN as PLUGIN_NAMESPACE
+from dnrt.ops import OP_TYPE, PLUGIN_VERSION
+from dnrt.ops import TRT_PLUGIN_LIB as PLUGIN_LIBRARY
 from dnrt.runtime.backends.base import Backend
 from dnrt.semantics import CollectFlavour
-
-PLUGIN_NAMESPACE = "dnrt"
-PLUGIN_VERSION = "1"
-PLUGIN_LIBRARY = "libdnrt_trt_plugin.so"
 
 
 def tensorrt_available() -> bool:
@@ -97,11 +96,11 @@ def prepare_onnx_for_tensorrt(data: bytes, folder: Path | None = None, label: st
     model = onnx.load_from_string(data)
     if folder is not None:
         check_external_data(model, folder, label)
-    kept = [f for f in model.functions if not (f.domain == PLUGIN_NAMESPACE and f.name == "DenseNorm")]
+    kept = [f for f in model.functions if not (f.domain == PLUGIN_NAMESPACE and f.name == OP_TYPE)]
     del model.functions[:]
     model.functions.extend(kept)
     for node in model.graph.node:
-        if node.domain == PLUGIN_NAMESPACE and node.op_type == "DenseNorm":
+        if node.domain == PLUGIN_NAMESPACE and node.op_type == OP_TYPE:
             names = {a.name for a in node.attribute}
             if "plugin_namespace" not in names:
                 node.attribute.append(helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE))
@@ -281,7 +280,7 @@ class TrtBackend(Backend):
         trt.init_libnvinfer_plugins(logger, "")
         registry = trt.get_plugin_registry()
         registry.load_library(str(path))
-        if registry.get_creator("DenseNorm", PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+        if registry.get_creator(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
             raise DnrtError(
                 f"{path} loaded but registers no DenseNorm creator in namespace {PLUGIN_NAMESPACE}"
             )

@@ -15,7 +15,7 @@ from dnrt.data import demo  # noqa: E402
 from dnrt.data.synthetic import sample_pairs  # noqa: E402
 from dnrt.data.train_demo import HELDOUT_SLIDES, TRAIN_SLIDES, psnr, ssim, translate  # noqa: E402
 from dnrt.errors import DnrtError  # noqa: E402
-from dnrt.export.zoo import build_generator  # noqa: E402
+from dnrt.models.zoo import build_generator  # noqa: E402
 
 
 @pytest.fixture(scope="module")

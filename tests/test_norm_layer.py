@@ -10,7 +10,7 @@ from torch import nn  # noqa: E402
 from torch_models import small_generator  # noqa: E402
 
 from dnrt import semantics as S  # noqa: E402
-from dnrt.export.normswap import convert  # noqa: E402
+from dnrt.models.normswap import convert  # noqa: E402
 from dnrt.ops.torch_op import dense_norm  # noqa: E402
 
 

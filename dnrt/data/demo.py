@@ -70,7 +70,7 @@ def load_demo_generator():
     """The demo generator as an ``nn.Module`` in eval mode, weights loaded strictly (imports torch)."""
     from safetensors.torch import load_file
 
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     path = _weights_or_fail()
     module = build_generator(ARCHITECTURE, demo_config())

@@ -240,7 +240,7 @@ def train(args: argparse.Namespace, config: dict[str, Any], log=print):
     """Train and return (module, history). Deterministic for given args on one machine."""
     import torch
 
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -398,7 +398,7 @@ def _load_weights(path: Path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])

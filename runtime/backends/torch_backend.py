@@ -84,8 +84,8 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise DnrtError("the torch backend needs PyTorch: pip install 'dnrt[export]'") from None
-        from dnrt.export.normswap import convert
-        from dnrt.export.zoo import ARCHITECTURES, build_generator
+        from dnrt.models.normswap import convert
+        from dnrt.models.zoo import ARCHITECTURES, build_generator
 
         m = self.manifest
         if m.architecture not in ARCHITECTURES:
@@ -125,7 +125,7 @@ class TorchBackend(Backend):
                 "infer": torch.cuda.Stream(self.device),
             }
         if self.dtype != torch.float32:
-            from dnrt.ops.torch_op import DenseNorm2d
+            from dnrt.models.norm import DenseNorm2d
 
             self.model.generator.to(self.dtype)
             for module in self.model.generator.modules():

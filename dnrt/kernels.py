@@ -80,10 +80,6 @@ def find_kernels_library() -> Path | None:
     return find_library(KERNELS_LIB)
 
 
-def find_trt_plugin() -> Path | None:
-    return find_library(TRT_PLUGIN_LIB)
-
-
 def find_host_library() -> Path | None:
     return find_library(HOST_LIB)
 

@@ -34,6 +34,7 @@ import numpy as np
 from dnrt.bundle import Bundle, load_bundle
 from dnrt.errors import Cancelled, DnrtError
 from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.io.reader import ArraySource
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
@@ -101,26 +102,6 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-class ArraySource:
-    """An in-memory ``[H, W, C]`` uint8 image with the reader interface the scheduler drives."""
-
-    def __init__(self, pixels: np.ndarray) -> None:
-        pixels = np.asarray(pixels)
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        if pixels.ndim != 3:
-            raise DnrtError(f"expected an image array [H, W, C], got shape {pixels.shape}")
-        if pixels.dtype != np.uint8:
-            raise DnrtError(f"expected uint8 pixels, got {pixels.dtype} (convert to 8-bit first)")
-        if pixels.shape[0] < 1 or pixels.shape[1] < 1:
-            raise DnrtError(f"the image is empty ({pixels.shape[0]} x {pixels.shape[1]})")
-        self.pixels = pixels
-        self.height, self.width, self.channels = pixels.shape
-
-    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return self.pixels[y0:y1, x0:x1]
-
-
 class ArraySink:
     """Collects output bands into one array (a new one, or ``out``: any strides, written in place)."""
 
@@ -136,7 +117,8 @@ class ArraySink:
         self.pixels = out
         self.row = 0
 
-    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:  # noqa: ARG002 - always copied
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
+        # ``copy`` is part of the sink interface; this sink copies the band in any case.
         self.pixels[self.row : self.row + band.shape[0]] = band
         self.row += band.shape[0]
 
@@ -246,10 +228,6 @@ class Translator:
         )
         TilePlan.create(self.tile, self.tile, self.tile, self.margin, manifest.strides, margin_source)
         self.margin_source = margin_source
-        if mode is Mode.KIN:
-            from dnrt.semantics import kin_kernel as make_kernel
-
-            make_kernel(kin_kernel, kin_kernel_type)
         self.progress = progress
         self.on_progress = on_progress
         if isinstance(backend, Backend):
@@ -297,12 +275,23 @@ class Translator:
                 f"the model takes {manifest.in_channels}-channel images; the input is {what} image"
             )
 
-    def _run(self, source: Any, sink: Any, **report_extra: Any) -> TranslateReport:
-        manifest = self.bundle.manifest
+    def _plan(self, source: Any) -> TilePlan:
+        """The tile plan of ``source`` (and the checks that refuse it before any work)."""
         self._check_source(source)
-        plan = TilePlan.create(
-            source.height, source.width, self.tile, self.margin, manifest.strides, self.margin_source
+        return TilePlan.create(
+            source.height,
+            source.width,
+            self.tile,
+            self.margin,
+            self.bundle.manifest.strides,
+            self.margin_source,
         )
+
+    def _run(
+        self, source: Any, sink: Any, plan: TilePlan | None = None, **report_extra: Any
+    ) -> TranslateReport:
+        manifest = self.bundle.manifest
+        plan = plan if plan is not None else self._plan(source)
         self.open()
         times = PhaseTimes()
         start = time.perf_counter()
@@ -402,15 +391,7 @@ class Translator:
 
         # Everything that can be refused is refused before the output file is created.
         check_compression(output, compression)
-        self._check_source(source)
-        TilePlan.create(
-            source.height,
-            source.width,
-            self.tile,
-            self.margin,
-            self.bundle.manifest.strides,
-            self.margin_source,
-        )
+        plan = self._plan(source)
         self.open()
         writer = open_writer(
             output,
@@ -425,7 +406,7 @@ class Translator:
         )
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
-            return self._run(source, writer, input=str(input), output=str(output))
+            return self._run(source, writer, plan, input=str(input), output=str(output))
         except BaseException:
             writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
             raise

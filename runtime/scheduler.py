@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -121,6 +122,13 @@ class ScheduleOptions:
         if self.batch < 1:
             raise DnrtError(f"batch must be at least 1, got {self.batch}")
         object.__setattr__(self, "degenerate", check_degenerate(self.degenerate, self.degenerate_ratio))
+        if self.mode is Mode.KIN:
+            _ = self.kernel  # a bad size or type fails here, before any backend loads
+
+    @cached_property
+    def kernel(self) -> np.ndarray:
+        """KIN's smoothing kernel, built once for these options and reused by every run."""
+        return kin_kernel(self.kin_kernel, self.kin_kernel_type)
 
 
 def resolve_overlap(options: ScheduleOptions, backend: Backend) -> bool:
@@ -245,8 +253,7 @@ class Scheduler:
                 options.degenerate_ratio,
             )
         elif mode is Mode.KIN:
-            kernel = kin_kernel(options.kin_kernel, options.kin_kernel_type)
-            self.stats = KernelStats(plan.rows, plan.cols, channels, kernel, options.std_floor, ahead)
+            self.stats = KernelStats(plan.rows, plan.cols, channels, options.kernel, options.std_floor, ahead)
 
     def _rows_collected_ahead(self) -> int | None:
         """Rows of statistics the collector may write beyond the look-ahead while a row is
@@ -326,7 +333,8 @@ class Scheduler:
             self.progress(len(cols), "collect")
 
     def _infer_row(self, band: RowBand, sink: Sink) -> None:
-        assert self.stats is not None
+        if self.stats is None:  # only KIN and DN infer from tables
+            raise RuntimeError(f"{self.options.mode.value}: no statistics tables to infer from")
         out = self._new_output_band(band.row)
         publish = self._hand_over(out, sink)
         inputs, scratch = self._stage_buffers("infer")
@@ -455,7 +463,8 @@ class Scheduler:
 
     def _ready(self, row: int, collected: int) -> bool:
         """Row ``row`` may be inferred once rows ``0 .. collected-1`` have statistics."""
-        assert self.stats is not None
+        if self.stats is None:  # only KIN and DN wait for statistics
+            raise RuntimeError(f"{self.options.mode.value}: no statistics tables to wait for")
         return collected >= min(row + self.stats.lookahead, self.plan.rows - 1) + 1
 
     def _streaming(self, sink: Sink) -> None:

@@ -93,7 +93,8 @@ class DenseNorm2d(nn.Module):
 
     def _collect(self, x: Tensor, ctx: NormContext) -> Tensor:
         params = ctx.collect_params
-        assert params is not None, "collect mode needs collect_params"
+        if params is None:
+            raise RuntimeError("DenseNorm2d in collect mode needs NormContext.collect_params")
         ddof, eps, floor = params[0], params[1], params[2]
         if self.eps_scale != 1.0:  # a BatchNorm2d's own eps (an InstanceNorm2d's graph is unchanged)
             eps = eps * self.eps_scale
@@ -115,7 +116,8 @@ class DenseNorm2d(nn.Module):
         return y.to(out_dtype)
 
     def _apply_neighbourhoods(self, x: Tensor, ctx: NormContext) -> Tensor:
-        assert ctx.nbr_mean is not None and ctx.nbr_std is not None, "apply mode needs neighbourhoods"
+        if ctx.nbr_mean is None or ctx.nbr_std is None:
+            raise RuntimeError("DenseNorm2d in apply mode needs NormContext.nbr_mean and nbr_std")
         sl = slice(self.offset, self.offset + self.channels)
         return dense_norm(
             x, ctx.nbr_mean[:, sl], ctx.nbr_std[:, sl], self.gamma, self.beta, self.eps, self.activation

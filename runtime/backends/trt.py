@@ -44,14 +44,6 @@ from dnrt.runtime.backends.base import Backend
 from dnrt.semantics import CollectFlavour
 
 
-def tensorrt_available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
@@ -427,7 +419,8 @@ class TrtBackend(Backend):
     def collect(
         self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        assert self.stats_engine is not None, "backend not activated"
+        if self.stats_engine is None:
+            raise DnrtError("the TensorRT backend is used before activate()")
         wanted = ("image", "tile_mean", "tile_std") if image else ("tile_mean", "tile_std")
         out = self._batched(
             self.stats_engine, {"tiles": tiles}, {"collect_params": flavour.as_array()}, wanted
@@ -435,6 +428,7 @@ class TrtBackend(Backend):
         return (out["image"] if image else None), out["tile_mean"], out["tile_std"]
 
     def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
-        assert self.stats_engine is not None, "backend not activated"
+        if self.stats_engine is None:
+            raise DnrtError("the TensorRT backend is used before activate()")
         out = self._batched(self._dense_engine(), {"tiles": tiles, "nbr_mean": nbr_mean, "nbr_std": nbr_std})
         return out["image"]

@@ -205,6 +205,11 @@ class ArraySource(ImageSource):
         self.reader = "array"
         self.level_sizes = ((self.width, self.height),)
 
+    @property
+    def pixels(self) -> np.ndarray:
+        """The array as given (the Python API checks that an ``out`` array does not overlap it)."""
+        return self._array
+
     def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self._array[y0:y1, x0:x1].copy()
 

@@ -4,7 +4,7 @@
         --markdown benchmarks/results/batch-ray.md
 
 One run starts a local Ray cluster with two CPUs, writes ``--slides`` synthetic slides and a
-seeded random official-architecture generator (the tiny configuration of ``dnrt.bench.models``),
+seeded random official-architecture generator (the tiny configuration of ``benchmarks/bench_models.py``),
 and runs ``dnrt batch`` over them with one worker and with two workers, each worker holding a
 one-thread ONNX Runtime backend (``--threads 1``), in interleaved rounds (``--repeat``; the best
 of each kept). Each batch writes into a fresh folder.
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             args.markdown.write_text(markdown(json.loads(args.from_json.read_text())))
         return 0
     import ray
-
-    from dnrt.bench.models import export_random_official
+    from bench_models import export_random_official  # benchmarks/, beside this script
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     work = args.workdir or Path(tempfile.mkdtemp(prefix="dnrt-batch-ray-"))

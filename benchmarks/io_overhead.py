@@ -17,9 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+from bench_models import export_trivial_bundle
+from targets import io_overhead
+
 from dnrt.bench.harness import DEFAULT_SIZE, synthetic_pair, write_json
-from dnrt.bench.models import export_trivial_bundle
-from dnrt.bench.targets import io_overhead
 
 
 def main(argv: list[str] | None = None) -> int:

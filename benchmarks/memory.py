@@ -16,9 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+from bench_models import OFFICIAL_TINY, export_random_official, export_trivial_bundle
+from targets import memory_scaling
+
 from dnrt.bench.harness import write_json
-from dnrt.bench.models import OFFICIAL_TINY, export_random_official, export_trivial_bundle
-from dnrt.bench.targets import memory_scaling
 from dnrt.data.synthetic import parse_size
 
 

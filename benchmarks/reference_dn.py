@@ -43,10 +43,11 @@ import sys
 import time
 from pathlib import Path
 
+from bench_models import OFFICIAL_PAPER_CONFIG, export_random_official
+
 from dnrt.bench.fidelity import error_stats
 from dnrt.bench.harness import synthetic_pair, write_json
 from dnrt.bench.machine import load_average, machine_info, versions
-from dnrt.bench.models import OFFICIAL_PAPER_CONFIG, export_random_official
 from dnrt.data.synthetic import parse_size
 
 

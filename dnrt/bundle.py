@@ -34,6 +34,8 @@ from typing import Any
 
 from dnrt.errors import DnrtError
 from dnrt.manifest_schema import MAX_MANIFEST_BYTES, ManifestSyntaxError, manifest_problems, parse_manifest
+from dnrt.ops import DEFAULT_OPSET
+from dnrt.semantics import DN_EPS
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -112,8 +114,9 @@ class Manifest:
     layers: list[LayerSpec]
     tile: int = 512
     margin: int = 16
-    opset: int = 18
-    dn_eps: float = 1e-7
+    #: The opset the graphs import (``export-model --opset``; the exporter refuses below MIN_OPSET).
+    opset: int = DEFAULT_OPSET
+    dn_eps: float = DN_EPS
     #: Std flavour collected by each mode (docs/semantics.md section 2), for the record.
     std_flavours: dict[str, str] = field(
         default_factory=lambda: {

@@ -1,15 +1,13 @@
 """Command-line entry points: ``dnrt`` (a group) and ``export-model``.
 
-Every command runs inside :func:`run_cli`, which turns a DnrtError into one line
-on stderr and a non-zero exit, and never shows a traceback unless DNRT_DEBUG=1. Ctrl-C,
-SIGTERM and SIGHUP remove what was being written and exit 130, 143 and 129 respectively.
+Every command reports errors as one ``error: ...`` line and a non-zero exit, never a traceback
+unless DNRT_DEBUG=1 (:mod:`dnrt.errorline`). Ctrl-C, SIGTERM and SIGHUP remove what was being
+written and exit 130, 143 and 129 respectively.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,50 +16,12 @@ import click
 
 from dnrt import __version__
 from dnrt.bundle import check_batchnorm_mode, check_export_mpp
+from dnrt.errorline import OneLineCommand, OneLineGroup
 from dnrt.errors import DnrtError
 
-DEBUG_ENV = "DNRT_DEBUG"
-
-
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-class DnrtGroup(click.Group):
-    """A click group whose commands report errors as one line."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        return guarded(lambda: super(DnrtGroup, self).invoke(ctx))
-
-
-class DnrtCommand(click.Command):
-    def invoke(self, ctx: click.Context) -> Any:
-        return guarded(lambda: super(DnrtCommand, self).invoke(ctx))
-
-
-def guarded(call: Callable[[], Any]) -> Any:
-    from dnrt.interrupts import describe, exit_code_of, signals_interrupt
-
-    try:
-        with signals_interrupt():  # SIGTERM and SIGHUP unwind (and clean up) like Ctrl-C
-            return call()
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
-        raise
-    except DnrtError as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        fail(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code)
-    except KeyboardInterrupt as exc:
-        click.echo(f"error: {describe(exc)}; nothing written", err=True)
-        sys.exit(exit_code_of(exc))
-    except MemoryError:
-        fail("out of memory (try a smaller --batch)")
-    except Exception as exc:  # a bug: still one line, with the way to see more
-        if os.environ.get(DEBUG_ENV):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        fail(f"internal error: {type(exc).__name__}: {first} (set {DEBUG_ENV}=1 for a traceback)")
+# One rule for reporting errors everywhere (dnrt.errorline); the old names stay for the decorators.
+DnrtCommand = OneLineCommand
+DnrtGroup = OneLineGroup
 
 
 # --------------------------------------------------------------------------- export
@@ -366,25 +326,21 @@ def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
     click.echo(f"wrote {output}: DenseNorm nodes tagged plugin_namespace=dnrt, function body removed")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live with the runtime, added when their modules exist."""
-    try:
-        from dnrt.runtime.cli import translate_command
-    except ImportError:
-        return
+def _register_runtime_commands() -> None:
+    """Commands that live with the runtime. Their modules are light (click, numpy); a broken one
+    fails here, loudly, rather than silently taking its command away."""
+    from dnrt.bench.cli import bench_command
+    from dnrt.runtime.cli import translate_command
+
     main.add_command(translate_command, "translate")
     # dnrt batch (issue 18): many slides, resumable, locally or on Ray; reuses translate's options.
     from dnrt.batch.cli import batch_command
 
     main.add_command(batch_command, "batch")
-    try:
-        from dnrt.bench.cli import bench_command
-    except ImportError:
-        return
     main.add_command(bench_command, "bench")
 
 
-_register_optional_commands()
+_register_runtime_commands()
 
 
 def export_model_main() -> None:

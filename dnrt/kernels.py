@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from dnrt.errors import DnrtError
+from dnrt.ops import TRT_PLUGIN_LIB
 from dnrt.semantics import DN_EPS, CollectFlavour
 
 #: Environment variable naming a folder that holds the built libraries (searched first).
 PLUGIN_DIR_ENV = "DNRT_PLUGIN_DIR"
 KERNELS_LIB = "libdnrt_kernels.so"
-TRT_PLUGIN_LIB = "libdnrt_trt_plugin.so"
 HOST_LIB = "libdnrt_kernels_host.so"
 #: Must equal DNRT_KERNELS_ABI_VERSION in plugins/dense_norm/dnrt_kernels.h.
 ABI_VERSION = 1
@@ -78,10 +78,6 @@ def find_library(name: str) -> Path | None:
 
 def find_kernels_library() -> Path | None:
     return find_library(KERNELS_LIB)
-
-
-def find_trt_plugin() -> Path | None:
-    return find_library(TRT_PLUGIN_LIB)
 
 
 def find_host_library() -> Path | None:

@@ -11,8 +11,8 @@ from torch import nn
 
 from dnrt.bundle import Manifest, check_batchnorm_mode, check_export_mpp
 from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
-from dnrt.export.normswap import DnrtModel, convert, infer_in_channels
-from dnrt.export.op_schema import DEFAULT_OPSET
+from dnrt.models.normswap import DnrtModel, convert, infer_in_channels
+from dnrt.ops import DEFAULT_OPSET
 
 
 @dataclass

@@ -39,8 +39,7 @@ from torch import Tensor, nn
 
 from dnrt.bundle import check_batchnorm_mode
 from dnrt.errors import DnrtError
-
-from .zoo import ARCHITECTURES, describe_keys, detect_architecture, get_architecture
+from dnrt.models.zoo import ARCHITECTURES, describe_keys, detect_architecture, get_architecture
 
 GENERATOR_KEYS = (
     "G_A",

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from dnrt.errors import DnrtError
 from dnrt.export.deconv import rewrite_conv_transpose
 from dnrt.export.graph_edit import prune_to_outputs
-from dnrt.export.norm import dense_norm
-from dnrt.export.normswap import DnrtModel
-from dnrt.export.op_schema import DOMAIN, OP_TYPE, OP_VERSION, attach_function, register_schema
+from dnrt.models.normswap import DnrtModel
+from dnrt.ops.onnx_op import DOMAIN, OP_TYPE, OP_VERSION, attach_function, register_schema
+from dnrt.ops.torch_op import dense_norm
 
 
 class _StatsGraph(nn.Module):

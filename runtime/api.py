@@ -34,6 +34,7 @@ import numpy as np
 from dnrt.bundle import Bundle, load_bundle
 from dnrt.errors import Cancelled, DnrtError
 from dnrt.runtime.backends.base import Backend, BackendContext
+from dnrt.runtime.io.reader import ArraySource
 from dnrt.runtime.options import FILE_FIELDS, TranslateOptions
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
@@ -120,26 +121,6 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-class ArraySource:
-    """An in-memory ``[H, W, C]`` uint8 image with the reader interface the scheduler drives."""
-
-    def __init__(self, pixels: np.ndarray) -> None:
-        pixels = np.asarray(pixels)
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        if pixels.ndim != 3:
-            raise DnrtError(f"expected an image array [H, W, C], got shape {pixels.shape}")
-        if pixels.dtype != np.uint8:
-            raise DnrtError(f"expected uint8 pixels, got {pixels.dtype} (convert to 8-bit first)")
-        if pixels.shape[0] < 1 or pixels.shape[1] < 1:
-            raise DnrtError(f"the image is empty ({pixels.shape[0]} x {pixels.shape[1]})")
-        self.pixels = pixels
-        self.height, self.width, self.channels = pixels.shape
-
-    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return self.pixels[y0:y1, x0:x1]
-
-
 class ArraySink:
     """Collects output bands into one array (a new one, or ``out``: any strides, written in place)."""
 
@@ -165,7 +146,8 @@ class ArraySink:
         self.pixels = out
         self.row = 0
 
-    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:  # noqa: ARG002 - always copied
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
+        # ``copy`` is part of the sink interface; this sink copies the band in any case.
         self.pixels[self.row : self.row + band.shape[0]] = band
         self.row += band.shape[0]
 

@@ -12,13 +12,13 @@ Set ``DNRT_DEBUG=1`` to get the traceback of an unexpected error.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from dnrt.errorline import ErrorLine, OneLineCommand, debugging
 from dnrt.errors import DnrtError
 from dnrt.runtime.options import (
     BACKENDS,
@@ -38,31 +38,8 @@ from dnrt.runtime.tissue import BACKGROUND_CHOICES
 _DEFAULTS = TranslateOptions()
 
 
-class CliError(click.ClickException):
-    """Printed as a single ``error: ...`` line, whatever command group runs us."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class _OneLineCommand(click.Command):
-    """Turns click's usage errors (unknown mode, missing -o, ...) into one line too."""
-
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
-    ):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            name = info_name or "trt-translate"
-            if parent is not None:
-                name = f"{parent.command_path} {name}"
-            hint = f" (see {name} --help)"
-            raise CliError(exc.format_message() + hint, exit_code=2) from None
+# The one error-line rule of every dnrt command (dnrt.errorline); CliError is its old name here.
+CliError = ErrorLine
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -263,7 +240,7 @@ def options_from_cli(settings: dict[str, Any]) -> TranslateOptions:
 
 @click.command(
     "translate",
-    cls=_OneLineCommand,
+    cls=OneLineCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("input", type=click.Path(path_type=Path, dir_okay=True))
@@ -313,21 +290,10 @@ def translate_command(
             report = translate(
                 input, output, model, options, progress=False if quiet else None, tissue_mask=tissue_mask
             )
-    except DnrtError as exc:
-        raise CliError(str(exc), exc.exit_code) from None
-    except KeyboardInterrupt as exc:
-        from dnrt.interrupts import describe, exit_code_of
-
-        raise CliError(f"{describe(exc)}; no output written", exit_code_of(exc)) from None
-    except MemoryError:
-        raise CliError("out of memory; try a smaller --batch or --tile", 1) from None
-    except Exception as exc:
-        if os.environ.get("DNRT_DEBUG"):
+    except (Exception, KeyboardInterrupt) as exc:
+        if debugging():
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CliError(
-            f"unexpected {type(exc).__name__}: {message} (set DNRT_DEBUG=1 for the traceback)", 1
-        ) from None
+        raise ErrorLine.of(exc) from None
     resolution = report.resolution or {}
     if not quiet:
         for note in resolution.get("notes", []):

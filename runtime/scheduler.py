@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -154,6 +155,13 @@ class ScheduleOptions:
             )
         if not 0.0 <= self.tissue_threshold < 1.0:
             raise DnrtError(f"tissue threshold must be in [0, 1), got {self.tissue_threshold}")
+        if self.mode is Mode.KIN:
+            _ = self.kernel  # a bad size or type fails here, before any backend loads
+
+    @cached_property
+    def kernel(self) -> np.ndarray:
+        """KIN's smoothing kernel, built once for these options and reused by every run."""
+        return kin_kernel(self.kin_kernel, self.kin_kernel_type)
 
 
 def resolve_overlap(options: ScheduleOptions, backend: Backend) -> bool:
@@ -278,8 +286,7 @@ class Scheduler:
                 options.degenerate_ratio,
             )
         elif mode is Mode.KIN:
-            kernel = kin_kernel(options.kin_kernel, options.kin_kernel_type)
-            self.stats = KernelStats(plan.rows, plan.cols, channels, kernel, options.std_floor, ahead)
+            self.stats = KernelStats(plan.rows, plan.cols, channels, options.kernel, options.std_floor, ahead)
         # -- background skipping: set by the pre-pass (run) when tissue is detected
         self.tissue: TissueMask | None = None
         #: uint8 ``[C_out]``: what a skipped tile is filled with.
@@ -392,7 +399,8 @@ class Scheduler:
             self.progress(len(cols), "collect")
 
     def _infer_row(self, band: RowBand, sink: Sink) -> None:
-        assert self.stats is not None
+        if self.stats is None:  # only KIN and DN infer from tables
+            raise RuntimeError(f"{self.options.mode.value}: no statistics tables to infer from")
         out = self._new_output_band(band.row)
         publish = self._hand_over(out, sink)
         inputs, scratch = self._stage_buffers("infer")
@@ -529,9 +537,7 @@ class Scheduler:
             )
             table.slide = self.stats.slide
         else:
-            table = KernelStats(
-                1, 1, channels, kin_kernel(o.kin_kernel, o.kin_kernel_type), o.std_floor, None
-            )
+            table = KernelStats(1, 1, channels, o.kernel, o.std_floor, None)
         zero = np.zeros(1, dtype=np.int64)
         table.record(0, zero, mean[None], std[None])
         nbr_mean, nbr_std = table.neighbourhoods(0, zero)
@@ -690,7 +696,8 @@ class Scheduler:
 
     def _ready(self, row: int, collected: int) -> bool:
         """Row ``row`` may be inferred once rows ``0 .. collected-1`` have statistics."""
-        assert self.stats is not None
+        if self.stats is None:  # only KIN and DN wait for statistics
+            raise RuntimeError(f"{self.options.mode.value}: no statistics tables to wait for")
         return collected >= min(row + self.stats.lookahead, self.plan.rows - 1) + 1
 
     def _streaming(self, sink: Sink) -> None:

@@ -14,7 +14,7 @@ def small_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from dnrt.export import export_module
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     torch.manual_seed(0)
     config = {"in_channels": 3, "out_channels": 3, "features": 8, "residuals": 2, "affine": False}

@@ -13,7 +13,7 @@ outputs back to device memory. DenseNorm nodes: the parser, like onnx-tensorrt's
 importer, binds a node with no local function to a plugin creator from the registry, by op type,
 ``plugin_version`` and ``plugin_namespace``; the fake plugin library (any file named
 ``libdnrt_trt_plugin.so`` given to ``load_library``) implements DenseNorm with dnrt's reference
-ONNX function body (``dnrt.export.op_schema.attach_function``), so the engine computes what the
+ONNX function body (``dnrt.ops.onnx_op.attach_function``), so the engine computes what the
 CUDA plugin is specified to compute. Precision flags are recorded, not emulated (fp16 runs fp32);
 I/O tensor types are real: a network input or output set to ``float16`` makes an engine whose
 ``get_tensor_dtype`` says HALF and whose device buffers are read and written as fp16 bytes.
@@ -387,7 +387,7 @@ class OnnxParser:
                 plugin_nodes.append(node)
         if plugin_nodes:
             # The fake DenseNorm plugin computes with dnrt's reference function body.
-            from dnrt.export.op_schema import attach_function
+            from dnrt.ops.onnx_op import attach_function
 
             for node in plugin_nodes:
                 kept = [a for a in node.attribute if a.name not in ("plugin_version", "plugin_namespace")]

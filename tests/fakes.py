@@ -160,10 +160,14 @@ def write_toy_bundle(path: Path, seed: int = 0, tile: int = TILE, margin: int = 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from dnrt.ops import DEFAULT_OPSET, DOMAIN, OP_TYPE
+    from dnrt.ops.onnx_op import attach_function
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     w = toy_weights(seed)
-    opset = [helper.make_opsetid("", 18)]
+    # DenseNorm's function body needs its model to import the same opset (19+).
+    opset = [helper.make_opsetid("", DEFAULT_OPSET)]
     f32 = TensorProto.FLOAT
 
     def inits() -> list:
@@ -178,7 +182,6 @@ def write_toy_bundle(path: Path, seed: int = 0, tile: int = TILE, margin: int = 
             numpy_helper.from_array(w["beta0"][None, :, None, None], "beta0"),
             numpy_helper.from_array(np.array([2, 3], np.int64), "hw_axes"),
             numpy_helper.from_array(np.array(0.5, np.float32), "half"),
-            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
             numpy_helper.from_array(np.array([1.0, 1.0, 2.0, 2.0], np.float32), "up_scales"),
         ]
         return ts
@@ -250,46 +253,18 @@ def write_toy_bundle(path: Path, seed: int = 0, tile: int = TILE, margin: int = 
     )
     onnx.save(helper.make_model(stats_graph, opset_imports=opset, ir_version=9), path / "stats.onnx")
 
-    # ---- dense graph: per-pixel moments interpolated from the 3x3 neighbourhood (separable form)
-    def axis_w(nodes: list, x: str, dim: int, tag: str) -> str:
-        p = tag
-        nodes += [
-            helper.make_node("Shape", [x], [p + "n_i"], start=dim, end=dim + 1),
-            helper.make_node("Cast", [p + "n_i"], [p + "n1"], to=f32),
-            helper.make_node("Squeeze", [p + "n1"], [p + "n"]),
-            helper.make_node("Add", [p + "n", "half"], [p + "lim"]),
-            helper.make_node("Range", ["half", p + "lim", "one"], [p + "pos"]),
-            helper.make_node("Mul", [p + "n", "half"], [p + "c"]),
-            helper.make_node("Sub", [p + "pos", p + "c"], [p + "off"]),
-            helper.make_node("Div", [p + "off", p + "n"], [p + "d"]),
-            helper.make_node("Neg", [p + "d"], [p + "nd"]),
-            helper.make_node("Relu", [p + "nd"], [p + "before"]),
-            helper.make_node("Relu", [p + "d"], [p + "after"]),
-            helper.make_node("Sub", ["one", p + "before"], [p + "t"]),
-            helper.make_node("Sub", [p + "t", p + "after"], [p + "mid"]),
-            helper.make_node("Unsqueeze", [p + "before", "ax1"], [p + "b2"]),
-            helper.make_node("Unsqueeze", [p + "mid", "ax1"], [p + "m2"]),
-            helper.make_node("Unsqueeze", [p + "after", "ax1"], [p + "a2"]),
-            helper.make_node("Concat", [p + "b2", p + "m2", p + "a2"], [p + "w"], axis=1),
-        ]
-        return p + "w"
-
+    # ---- dense graph: the dnrt::DenseNorm op on each layer's slice of the neighbourhoods, run
+    # through the op's own function body (dnrt.ops.onnx_op), the one real bundles carry.
     def dense(nodes: list, x: str, tag: str, lo: int, hi: int) -> str:
         p = tag + "_"
         nodes += [
             helper.make_node("Slice", ["nbr_mean", f"s{lo}", f"s{hi}", "ax1"], [p + "m"]),
             helper.make_node("Slice", ["nbr_std", f"s{lo}", f"s{hi}", "ax1"], [p + "s"]),
-            helper.make_node("Add", [p + "s", "dn_eps"], [p + "se"]),
-            helper.make_node("Reciprocal", [p + "se"], [p + "r"]),
-        ]
-        wy = axis_w(nodes, x, 2, p + "y")
-        wx = axis_w(nodes, x, 3, p + "x")
-        nodes += [
-            helper.make_node("Einsum", [wy, p + "m", wx], [p + "mu"], equation="ia,ncab,jb->ncij"),
-            helper.make_node("Einsum", [wy, p + "r", wx], [p + "ri"], equation="ia,ncab,jb->ncij"),
-            helper.make_node("Sub", [x, p + "mu"], [p + "cen"]),
-            helper.make_node("Mul", [p + "cen", p + "ri"], [p + "y"]),
-        ]
+            helper.make_node(
+                OP_TYPE, [x, p + "m", p + "s", f"ones{hi - lo}", f"zeros{hi - lo}"], [p + "y"],
+                domain=DOMAIN, eps=DN_EPS, activation="none",
+            ),
+        ]  # fmt: skip
         return p + "y"
 
     nodes = []
@@ -308,9 +283,11 @@ def write_toy_bundle(path: Path, seed: int = 0, tile: int = TILE, margin: int = 
         + slice_inits
         + [
             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-            numpy_helper.from_array(np.array(DN_EPS, np.float32), "dn_eps"),
-        ],
+        ]
+        + [numpy_helper.from_array(np.ones(c, np.float32), f"ones{c}") for c in (3, 4)]
+        + [numpy_helper.from_array(np.zeros(c, np.float32), f"zeros{c}") for c in (3, 4)],
     )
-    onnx.save(helper.make_model(dense_graph, opset_imports=opset, ir_version=9), path / "dense.onnx")
+    dense_model = helper.make_model(dense_graph, opset_imports=opset, ir_version=9)
+    onnx.save(attach_function(dense_model), path / "dense.onnx")
     (path / "manifest.json").write_text(toy_manifest(tile, margin).to_json())
     return path

@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from dnrt.data.synthetic import render_region  # noqa: E402
-from dnrt.runtime.api import Translator  # noqa: E402
+from dnrt.data.synthetic import render_region
+from dnrt.runtime.api import Translator
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,18 @@ TEMP = re.compile(r"\.(.+)\.dnrt-tmp-([0-9]+)-[0-9a-f]{8}")
 @pytest.fixture(scope="module")
 def cluster() -> str:
     """The GCS address of a local two-CPU Ray cluster, shared by this process and subprocesses."""
+    import signal
+
+    # ray.init on the main thread installs its own SIGTERM handler and ray.shutdown leaves it:
+    # the tests after these (which check how dnrt handles signals) need the process's own.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="module")

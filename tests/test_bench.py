@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import re
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -176,6 +180,20 @@ def test_colour_error_of_a_constant_offset() -> None:
 # --------------------------------------------------------------------------- the command
 
 
+def _benchmarks_module(name: str) -> ModuleType:
+    """A script of benchmarks/ (not part of the package), imported from its file."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))  # the scripts import their siblings by name
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
 def _bench(*args: str | Path) -> tuple[int, str, str]:
     from dnrt.bench.cli import bench_command
 
@@ -218,7 +236,10 @@ def test_bench_writes_every_field(small_bundle_path: Path, tmp_path: Path) -> No
     assert result["modes"]["dn-streaming"]["tile_runs"] == 2 * 12
     assert result["reference"]["whole"]["wall_s"] > 0
     assert result["reference"]["ground_truth"]["seam"]["score"] > 0
-    assert result["targets"][0]["name"].startswith("DN streaming wall time / IN")
+    # The project's targets are judged by benchmarks/mode_targets.py, not by the user-facing command.
+    assert "targets" not in result and not re.search(r"\bissue\b|H100", stdout)
+    targets = _benchmarks_module("mode_targets").mode_targets(result)
+    assert targets[0]["name"].startswith("DN streaming wall time / IN")
     assert any("TensorRT" in n for n in result["not_measured"])
     assert result["load_average"]["before"] is not None
     assert plot.stat().st_size > 10_000

@@ -15,7 +15,7 @@ from torch import nn  # noqa: E402
 
 from dnrt.errors import DnrtError  # noqa: E402
 from dnrt.export.checkpoint import load_generator, load_state_dict  # noqa: E402
-from dnrt.export.zoo import build_generator  # noqa: E402
+from dnrt.models.zoo import build_generator  # noqa: E402
 
 SMALL = {
     "official": {"features": 8, "residuals": 2},

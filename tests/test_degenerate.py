@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from dnrt.data.synthetic import render_region  # noqa: E402
-from dnrt.runtime.api import Translator  # noqa: E402
-from dnrt.semantics import DEGENERATE_DEFAULT  # noqa: E402
+from dnrt.data.synthetic import render_region
+from dnrt.runtime.api import Translator
+from dnrt.semantics import DEGENERATE_DEFAULT
 
 TILE, MARGIN = 64, 16
 GLASS_FROM = 160  # columns [160, 384): flat 255 over three and a half tile columns
@@ -26,7 +26,7 @@ GLASS_FROM = 160  # columns [160, 384): flat 255 over three and a half tile colu
 
 @pytest.fixture(scope="module")
 def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dnrt.data.demo import export_demo_bundle
+    from dnrt.demo import export_demo_bundle
 
     out = tmp_path_factory.mktemp("demo") / "demo.dnrt"
     export_demo_bundle(out, tile=TILE, margin=MARGIN, log=lambda _: None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dnrt.demo import main
+from dnrt.demo.__main__ import main
 
 
 @pytest.mark.parametrize(

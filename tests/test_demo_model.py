@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +12,25 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from dnrt import demo  # noqa: E402
 from dnrt.bundle import load_bundle  # noqa: E402
-from dnrt.data import demo  # noqa: E402
 from dnrt.data.synthetic import sample_pairs  # noqa: E402
-from dnrt.data.train_demo import HELDOUT_SLIDES, TRAIN_SLIDES, psnr, ssim, translate  # noqa: E402
 from dnrt.errors import DnrtError  # noqa: E402
-from dnrt.export.zoo import build_generator  # noqa: E402
+from dnrt.models.zoo import build_generator  # noqa: E402
+
+
+def _train_demo():  # tools/train_demo.py: a script of the checkout, not part of the package
+    spec = importlib.util.spec_from_file_location(
+        "train_demo", Path(__file__).resolve().parents[1] / "tools" / "train_demo.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_train = _train_demo()
+HELDOUT_SLIDES, TRAIN_SLIDES = _train.HELDOUT_SLIDES, _train.TRAIN_SLIDES
+psnr, ssim, translate = _train.psnr, _train.ssim, _train.translate
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from dnrt.bundle import load_bundle  # noqa: E402
 from dnrt.errors import DnrtError  # noqa: E402
 from dnrt.export import export_module  # noqa: E402
 from dnrt.export.onnx_export import count_dense_nodes  # noqa: E402
-from dnrt.export.op_schema import DOMAIN, attach_function, register_schema  # noqa: E402
+from dnrt.ops.onnx_op import DOMAIN, attach_function, register_schema  # noqa: E402
 
 
 def single_op_model(activation: str, dtype: int) -> bytes:

@@ -18,7 +18,7 @@ from dnrt import semantics as S  # noqa: E402
 from dnrt.bundle import load_bundle  # noqa: E402
 from dnrt.cli import export_model_command, main  # noqa: E402
 from dnrt.export.onnx_export import count_dense_nodes  # noqa: E402
-from dnrt.export.zoo import build_generator  # noqa: E402
+from dnrt.models.zoo import build_generator  # noqa: E402
 
 CONFIGS = {
     "official": {"in_channels": 3, "out_channels": 3, "features": 8, "residuals": 2, "affine": False},

@@ -224,7 +224,7 @@ def test_translate_signals_leave_no_output(
 
 def _checkpoint(folder: Path, features: int = 16) -> Path:
     torch = pytest.importorskip("torch")
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     torch.manual_seed(0)
     config = {"in_channels": 3, "out_channels": 3, "features": features, "residuals": 2, "affine": False}

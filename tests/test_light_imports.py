@@ -32,3 +32,14 @@ def test_cli_help_does_not_load_heavy_libraries() -> None:
         )
         == []
     )
+
+
+def test_op_names_and_model_packages_are_light() -> None:
+    """The op's names (read by the TensorRT preparation and kernels.py) and the packages'
+    ``__init__`` modules import nothing heavy: ``dnrt.export`` resolves its names lazily."""
+    assert loaded_after("import dnrt.ops, dnrt.models, dnrt.export, dnrt.kernels") == []
+
+
+def test_onnx_pieces_import_without_torch() -> None:
+    """The op's ONNX schema and body and the exporter's graph edits need onnx, not torch."""
+    assert loaded_after("import dnrt.ops.onnx_op, dnrt.export.graph_edit") == ["onnx"]

@@ -10,8 +10,8 @@ from torch import nn  # noqa: E402
 from torch_models import small_generator  # noqa: E402
 
 from dnrt import semantics as S  # noqa: E402
-from dnrt.export.norm import dense_norm  # noqa: E402
-from dnrt.export.normswap import convert  # noqa: E402
+from dnrt.models.normswap import convert  # noqa: E402
+from dnrt.ops.torch_op import dense_norm  # noqa: E402
 
 
 @pytest.mark.parametrize("h,w", [(2, 2), (6, 4), (16, 10)])

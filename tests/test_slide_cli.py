@@ -178,7 +178,7 @@ def test_export_model_records_the_training_resolution(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from dnrt.bundle import load_bundle
     from dnrt.cli import export_model_command
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     torch.manual_seed(0)
     config = {"in_channels": 3, "out_channels": 3, "features": 8, "residuals": 1, "affine": False}

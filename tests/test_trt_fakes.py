@@ -24,11 +24,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("torch")  # the small bundle is exported from a torch module
 
-import fake_cudart  # noqa: E402
-import fake_tensorrt  # noqa: E402
+import fake_cudart
+import fake_tensorrt
 
-from dnrt.data.synthetic import render_region  # noqa: E402
-from dnrt.runtime.api import Translator  # noqa: E402
+from dnrt.data.synthetic import render_region
+from dnrt.runtime.api import Translator
 
 
 @pytest.fixture

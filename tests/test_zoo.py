@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from dnrt.errors import DnrtError  # noqa: E402
-from dnrt.export.zoo import (  # noqa: E402
+from dnrt.models.zoo import (  # noqa: E402
     BlurDownsample,
     BlurUpsample,
     ResidualBlock,

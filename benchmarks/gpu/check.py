@@ -317,7 +317,8 @@ class Check:
     def step_bundle(self) -> bool:
         step = self.step("bundle")
         code = (
-            "from dnrt.bench.models import OFFICIAL_PAPER_CONFIG, export_random_official; "
+            f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); "
+            "from bench_models import OFFICIAL_PAPER_CONFIG, export_random_official; "
             f"export_random_official({str(self.bundle_path())!r}, OFFICIAL_PAPER_CONFIG, tile={TILE}, margin={MARGIN})"
         )
         cmd = [self.python, "-c", code]

@@ -22,8 +22,9 @@ from typing import Any
 import click
 
 from dnrt.batch.jobs import DEFAULT_TEMPLATE
+from dnrt.errorline import ErrorLine, OneLineCommand
 from dnrt.errors import DnrtError
-from dnrt.runtime.cli import CliError, _OneLineCommand, options_from_cli, translation_options
+from dnrt.runtime.cli import options_from_cli, translation_options
 
 #: Looks like a slide, not a Ray address: ``--ray a.tif b.tif`` took the first slide as address.
 _IMAGE_HINTS = (
@@ -184,7 +185,7 @@ def _run_in(
 
 @click.command(
     "batch",
-    cls=_OneLineCommand,
+    cls=OneLineCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("slides", nargs=-1, type=click.Path(path_type=Path))
@@ -265,9 +266,9 @@ def batch_command(**kwargs: Any) -> None:
         sys.stderr.flush()
         os._exit(1)
     except DnrtError as exc:
-        raise CliError(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code) from None
+        raise ErrorLine(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code) from None
     except KeyboardInterrupt as exc:
-        raise CliError(
+        raise ErrorLine(
             f"{describe(exc)}; finished slides are in the ledger, run again to do the rest", exit_code_of(exc)
         ) from None
     sys.exit(code)

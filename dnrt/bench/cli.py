@@ -7,15 +7,14 @@ stderr and a non-zero exit (2 for usage errors, 1 for failures, 130 for Ctrl-C);
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
+from dnrt.errorline import ErrorLine, OneLineCommand, debugging
 from dnrt.errors import DnrtError
-from dnrt.runtime.cli import CliError, _OneLineCommand
 from dnrt.runtime.options import BACKENDS, MARGIN_SOURCES, PRECISIONS
 
 
@@ -32,7 +31,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 
 @click.command(
     "bench",
-    cls=_OneLineCommand,
+    cls=OneLineCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("-m", "--model", type=click.Path(path_type=Path), help="Model bundle directory (export-model).")
@@ -238,17 +237,10 @@ def bench_command(
 
             markdown_path.parent.mkdir(parents=True, exist_ok=True)
             markdown_path.write_text("\n".join(markdown_report(r) for r in results))
-    except DnrtError as exc:
-        raise CliError(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise CliError("interrupted", 130) from None
-    except Exception as exc:
-        if os.environ.get("DNRT_DEBUG"):
+    except (Exception, KeyboardInterrupt) as exc:
+        if debugging():
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CliError(
-            f"unexpected {type(exc).__name__}: {first} (set DNRT_DEBUG=1 for the traceback)", 1
-        ) from None
+        raise ErrorLine.of(exc) from None
     if not quiet:
         click.echo("\n\n".join(format_report(r) for r in results))
         for what, path in (("json", json_path), ("plot", plot_path), ("markdown", markdown_path)):

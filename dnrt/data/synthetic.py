@@ -1034,7 +1034,7 @@ def write_pair(
                 tw.write(
                     ihc_tiles(), shape=(height, width, 3), maxworkers=1, **_writer_kwargs(tile, compression)
                 )
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
             while not seen_done.is_set():  # drain so the producer never blocks on a full queue
                 if q.get() is done:
@@ -1154,7 +1154,7 @@ def _check_compression(compression: str | None) -> None:
             tw.write(
                 np.zeros((16, 16, 3), np.uint8), photometric="rgb", tile=(16, 16), compression=compression
             )
-    except Exception as exc:  # noqa: BLE001 - any failure means this compression is unusable
+    except Exception as exc:  # any failure means this compression is unusable
         raise DnrtError(f"bad --compression {compression!r}: {exc}", exit_code=2) from None
 
 

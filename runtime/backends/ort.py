@@ -28,15 +28,6 @@ DENSE_INPUTS = ("tiles", "nbr_mean", "nbr_std")
 DENSE_OUTPUTS = ("image",)
 
 
-def cuda_available() -> bool:
-    """Whether onnxruntime here has a usable CUDA execution provider."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
 _ARENA_LOCK = threading.Lock()
 _ARENA_STATE: list[bool] = []
 
@@ -55,9 +46,11 @@ def _shared_cpu_arena() -> bool:
                 )
                 ort.create_and_register_allocator(info, config)
                 _ARENA_STATE.append(True)
-            except Exception as exc:
-                # Already registered by someone else in this process: sharing it is what we want.
-                _ARENA_STATE.append("already" in str(exc).lower())
+            except Exception:
+                # A second registration (another library in this process) is accepted (checked with
+                # onnxruntime 1.32), so a failure means this build cannot share an arena: sessions
+                # keep their own.
+                _ARENA_STATE.append(False)
         return _ARENA_STATE[0]
 
 
@@ -83,14 +76,13 @@ class OrtBackend(Backend):
 
     Collect and infer may run at the same time (two sessions; ``run`` releases the GIL), each
     session then getting a share of the CPU threads (:meth:`set_concurrency`). On the CPU
-    that is opt-in (``--overlap``): on a loaded machine it measured 7-40 % faster, on a quiet
-    one 5 % slower with 30 % more memory, so ``concurrent_passes`` is on for CUDA only.
+    that is opt-in (``--overlap``): it helps on a loaded machine but costs time and memory on a
+    quiet one (benchmarks/README.md), so ``concurrent_passes`` is on for CUDA only.
     """
 
     name = "ort"
-    #: Tiles per call when the user does not say: on the CPU one tile at a time is fastest
-    #: (0.26 s vs 0.44 s per tile at batch 4, toy generator: the working set stays in cache)
-    #: and needs a quarter of the memory.
+    #: Tiles per call when the user does not say: on the CPU one tile at a time is fastest (the
+    #: working set stays in cache) and needs the least memory.
     preferred_batch = 1
 
     def __init__(
@@ -142,10 +134,8 @@ class OrtBackend(Backend):
         """Intra-op threads when the user does not say: every core, except for a tiny network.
 
         A tiny network's ops are too short to share out, and the reader and writer threads
-        need the other core more. Measured on 2 cores, 13 MP slide, best of 5: a 3-channel
-        network (1x1 conv, one norm; 0.9 M activations per 544 px tile) ran DN in 0.526 s on
-        one thread and 0.555 s on two (IN 0.401 / 0.415 s); the 8-feature official generator
-        (15 M) took 3.6 s on one and 2.4 s on two for a 3 MP slide.
+        need the other cores more: a 3-channel network (1x1 conv, one norm) runs no faster on
+        two threads than on one, while the official generator gains from every core.
         """
         cores = os.cpu_count() or 1
         if self.device == "cpu" and self.tile_activations() < self.SMALL_NETWORK_ACTIVATIONS:
@@ -183,9 +173,9 @@ class OrtBackend(Backend):
         (``ORT_ENABLE_ALL``) rather than stop at ``ORT_ENABLE_EXTENDED``.
 
         The rewrite pads every convolution to whole channel blocks and reorders tensors in
-        and out of it: measured on 544 px tiles it speeds the official generator up by 9 %
-        (8 features) to 25 % (16 features), and *halves* the speed of a 3-channel model
-        (1x1 conv, one norm), whose convolutions would be computed on 5x padded channels.
+        and out of it: it speeds up the official generator (more, the wider it is) and slows a
+        3-channel model (1x1 conv, one norm) down, whose convolutions would be computed on
+        channels padded to several times their number.
         The bundle's norm layers tell how wide the network is.
         """
         if self.device != "cpu":
@@ -223,9 +213,8 @@ class OrtBackend(Backend):
         # cores (spinning doubled the CPU time of a trivial graph and made it slower, not faster).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.device == "cpu":
-            # Memory (measured, official generator f=8, 544 px tiles, batch 1): per-session arenas
-            # with memory patterns peak at 540 MB and grow on the second run; one shared arena
-            # without patterns peaks at 270 MB, at the same speed.
+            # Memory: per-session arenas with memory patterns peak about twice as high and grow on
+            # the second run; one shared arena without patterns does not, at the same speed.
             options.enable_mem_pattern = False
             if _shared_cpu_arena():
                 options.add_session_config_entry("session.use_env_allocators", "1")

@@ -21,15 +21,6 @@ from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.semantics import CollectFlavour
 
-
-def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 #: Activation dtypes by ``--precision`` name.
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -41,14 +32,6 @@ def cpu_has_native_bf16() -> bool:
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def cuda_available() -> bool:
-    if not torch_available():
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 class TorchBackend(Backend):
@@ -86,8 +69,7 @@ class TorchBackend(Backend):
         # On a GPU each pass gets its own CUDA stream, so streaming overlaps them.
         self.concurrent_passes = device.startswith("cuda")
         # Tiles per call when the user does not say: on the CPU one at a time keeps a tile's
-        # activations in cache (64-feature generator, 2 cores: 2.2 s/tile at batch 1 against
-        # 3.2 s/tile at batch 2 for the collect pass in bf16); GPUs want batches.
+        # activations in cache (faster per tile than batches of two); GPUs want batches.
         self.preferred_batch = 4 if device.startswith("cuda") else 1
         self.streams: dict[str, Any] = {}
         # oneDNN's NHWC convolutions on the CPU (see the module docstring); CUDA keeps NCHW.
@@ -98,8 +80,8 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise DnrtError("the torch backend needs PyTorch: pip install 'dnrt[export]'") from None
-        from dnrt.export.normswap import convert
-        from dnrt.export.zoo import ARCHITECTURES, build_generator
+        from dnrt.models.normswap import convert
+        from dnrt.models.zoo import ARCHITECTURES, build_generator
 
         m = self.manifest
         if m.architecture not in ARCHITECTURES:
@@ -134,7 +116,7 @@ class TorchBackend(Backend):
         if self.channels_last:
             self.model.generator.to(memory_format=torch.channels_last)
         if self.dtype != torch.float32:
-            from dnrt.export.norm import DenseNorm2d
+            from dnrt.models.norm import DenseNorm2d
 
             self.model.generator.to(self.dtype)
             for module in self.model.generator.modules():

@@ -29,6 +29,7 @@ import numpy as np
 
 from dnrt.bundle import Bundle
 from dnrt.errors import DnrtError
+from dnrt.ops import OP_TYPE
 from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.runtime.backends.trt_build import Profile, build_engine, check_precision
 from dnrt.runtime.backends.trt_cache import cache_dir, cached_engine, engine_key, timing_cache_path
@@ -51,16 +52,7 @@ __all__ = [
     "TrtBackend",
     "cache_dir",
     "prepare_onnx_for_tensorrt",
-    "tensorrt_available",
 ]
-
-
-def tensorrt_available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class TrtBackend(Backend):
@@ -107,7 +99,7 @@ class TrtBackend(Backend):
         trt.init_libnvinfer_plugins(logger, "")
         registry = trt.get_plugin_registry()
         registry.load_library(str(path))
-        if registry.get_creator("DenseNorm", PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+        if registry.get_creator(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
             raise DnrtError(
                 f"{path} loaded but registers no DenseNorm creator in namespace {PLUGIN_NAMESPACE}"
             )
@@ -206,7 +198,8 @@ class TrtBackend(Backend):
     def collect_impl(
         self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        assert self.stats_engine is not None
+        if self.stats_engine is None:  # the base class only calls this on an active backend
+            raise DnrtError("the TensorRT backend has no stats engine (not activated)")
         wanted = ("image", "tile_mean", "tile_std") if image else ("tile_mean", "tile_std")
         out = self._batched(
             self.stats_engine, {"tiles": tiles}, {"collect_params": flavour.as_array()}, wanted

@@ -17,7 +17,6 @@ The timing cache (per GPU) is read before and written after every build.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +122,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DnrtError("TensorRT failed to build an engine (see its log above)")
-    tmp = timing_cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(tmp, timing_cache)
+    from dnrt.runtime.io.atomic import write_file_atomic
+
+    write_file_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)

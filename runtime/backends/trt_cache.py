@@ -49,9 +49,9 @@ def cached_engine(which: str, key: str, build: Callable[[], bytes]) -> tuple[byt
     if path.is_file():
         return path.read_bytes(), False
     data = build()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from dnrt.runtime.io.atomic import write_file_atomic
+
+    write_file_atomic(path, data)
     return data, True
 
 

@@ -15,10 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from dnrt.bundle import check_external_data
+from dnrt.ops import DOMAIN as PLUGIN_NAMESPACE
+from dnrt.ops import OP_TYPE, PLUGIN_VERSION
+from dnrt.ops import TRT_PLUGIN_LIB as PLUGIN_LIBRARY
 
-PLUGIN_NAMESPACE = "dnrt"
-PLUGIN_VERSION = "1"
-PLUGIN_LIBRARY = "libdnrt_trt_plugin.so"
+#: The op's and the plugin's names come from dnrt.ops (one definition for every implementation).
+__all__ = [
+    "PLUGIN_LIBRARY",
+    "PLUGIN_NAMESPACE",
+    "PLUGIN_VERSION",
+    "prepare_graph",
+    "prepare_onnx_for_tensorrt",
+]
 
 
 def prepare_onnx_for_tensorrt(data: bytes, folder: Path | None = None, label: str = "graph") -> bytes:
@@ -32,11 +40,11 @@ def prepare_onnx_for_tensorrt(data: bytes, folder: Path | None = None, label: st
     model = onnx.load_from_string(data)
     if folder is not None:
         check_external_data(model, folder, label)
-    kept = [f for f in model.functions if not (f.domain == PLUGIN_NAMESPACE and f.name == "DenseNorm")]
+    kept = [f for f in model.functions if not (f.domain == PLUGIN_NAMESPACE and f.name == OP_TYPE)]
     del model.functions[:]
     model.functions.extend(kept)
     for node in model.graph.node:
-        if node.domain == PLUGIN_NAMESPACE and node.op_type == "DenseNorm":
+        if node.domain == PLUGIN_NAMESPACE and node.op_type == OP_TYPE:
             names = {a.name for a in node.attribute}
             if "plugin_namespace" not in names:
                 node.attribute.append(helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE))

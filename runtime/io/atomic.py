@@ -250,3 +250,18 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_file_atomic(path: os.PathLike[str] | str, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` as a whole: into a temporary beside it, then one
+    rename over whatever is there. Readers see the old file or the new one, never a part."""
+    dest = Path(path)
+    temp = create_temp(dest)
+    try:
+        with open(temp, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+        _fsync(temp)
+        os.replace(temp, dest)
+    except BaseException:
+        remove_quietly(temp)
+        raise

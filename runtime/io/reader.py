@@ -169,7 +169,10 @@ def _is_range(index: np.ndarray, start: int) -> bool:
 
 
 class ArraySource(ImageSource):
-    """An image already in memory (Pillow formats, or an array handed over by the Python API)."""
+    """An image already in memory (Pillow formats, or an array handed over by the Python API).
+
+    The one in-memory source: ``Translator.translate`` and ``open_pillow`` both use it, so an
+    array is checked the same way wherever it comes from (uint8, [H, W] or [H, W, C], not empty)."""
 
     def __init__(
         self,
@@ -182,11 +185,17 @@ class ArraySource(ImageSource):
         icc_profile: bytes | None = None,
     ) -> None:
         super().__init__()
+        array = np.asarray(array)
         if array.ndim == 2:
             array = array[:, :, None]
-        if array.ndim != 3 or array.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 [H, W, C] array, got {array.dtype} {array.shape}")
-        self._array = np.ascontiguousarray(array)
+        if array.ndim != 3:
+            raise DnrtError(f"expected an image array [H, W, C], got shape {array.shape}")
+        if array.dtype != np.uint8:
+            raise DnrtError(f"expected uint8 pixels, got {array.dtype} (convert to 8-bit first)")
+        if array.shape[0] < 1 or array.shape[1] < 1:
+            raise DnrtError(f"the image is empty ({array.shape[0]} x {array.shape[1]})")
+        # Kept as given (any strides, no copy of a large array); regions are copied when read.
+        self._array = array
         self.path = Path(path)
         self.height, self.width, self.channels = (int(n) for n in array.shape)
         self.photometric = "minisblack" if self.channels == 1 else "rgb"
@@ -196,6 +205,11 @@ class ArraySource(ImageSource):
         self.description = description or f"array {self.width}x{self.height}x{self.channels} uint8"
         self.reader = "array"
         self.level_sizes = ((self.width, self.height),)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The array as given (the Python API checks that an ``out`` array does not overlap it)."""
+        return self._array
 
     def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self._array[y0:y1, x0:x1].copy()

@@ -134,7 +134,8 @@ class _Plane:
             if kf.compression in _JPEG_COMPRESSIONS:
                 tables = getattr(page, "jpegtables", None) or kf.jpegtables
                 self._decode_kwargs = {"jpegtables": tables, "jpegheader": kf.jpegheader}
-            self._decode_kwargs["_fullsize"] = self.tiled
+            # Edge tiles may come back cropped to the image (JPEG/PNG tiles store only what is
+            # inside it); paste() copies by the decoded shape, so no padding is needed.
 
     def configure_colour(self, name: str) -> tuple[int, str, str]:
         """Decide how stored samples become output channels; returns (channels, photometric, note)."""

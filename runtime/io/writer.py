@@ -670,7 +670,8 @@ class PillowWriter:
         self.temp = create_temp(dest)
         self._finalizer = weakref.finalize(self, _remove_all, [self.temp])
 
-    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:  # noqa: ARG002 - always copied
+    def write_band(self, band: np.ndarray, *, copy: bool = True) -> None:
+        # ``copy`` is part of the sink interface; this sink copies the band in any case.
         if self._closed:
             raise ValueError("the writer is closed")
         band = np.asarray(band)

@@ -219,7 +219,7 @@ def run_demo(
     bundle = out / "demo.dnrt"
     if not bundle.is_dir():
         _say("[1/3] exporting the embedded demo model", quiet)
-        from dnrt.data.demo import export_demo_bundle
+        from dnrt.demo import export_demo_bundle
 
         export_demo_bundle(bundle, log=(lambda m: None) if quiet else (lambda m: print("      " + m)))
     else:

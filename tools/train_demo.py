@@ -1,6 +1,9 @@
 """Train the embedded demo generator: H&E-like -> IHC-like on synthetic paired patches.
 
-    python -m dnrt.data.train_demo --out dnrt/data/demo_generator.safetensors
+    python tools/train_demo.py --out dnrt/data/demo_generator.safetensors
+
+A development script of the source checkout (it trains with torch; it is not installed with
+dnrt). The record it writes keeps the command that ran.
 
 The model is the official DN generator (docs/semantics.md section 6) with plain InstanceNorm2d
 layers, i.e. exactly what users train; Dense Normalization is applied at inference by the norm
@@ -84,46 +87,32 @@ HELDOUT_SLIDES: tuple[tuple[int, int, int], ...] = (
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (any shape, all channels), peak 255; inf when equal."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    """PSNR in dB of two uint8 images [H, W, C] or tile sets [N, H, W, C], one MSE pooled over
+    every pixel and channel, peak 255; inf when equal (``dnrt.bench.fidelity``'s)."""
+    from dnrt.bench.fidelity import psnr as image_psnr
 
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    r = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    w = np.exp(-(r**2) / (2 * sigma**2))
-    return w / w.sum()
-
-
-def _filter_valid(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Separable 'valid' correlation of [..., H, W] with the 1-D window w along H then W."""
-    k = len(w)
-    h = x.shape[-2] - k + 1
-    out = sum(w[i] * x[..., i : i + h, :] for i in range(k))
-    wd = x.shape[-1] - k + 1
-    return sum(w[i] * out[..., :, i : i + wd] for i in range(k))
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr: shapes differ: {a.shape} vs {b.shape}")
+    # Stacking the tiles' rows into one tall image leaves the pooled MSE as it is.
+    return image_psnr(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM of two uint8 RGB images [H, W, 3] (or batches [N, H, W, 3]).
+    """Mean SSIM of two uint8 RGB images [H, W, 3] (or batches [N, H, W, 3]: the mean over images).
 
-    The standard formulation of Wang et al. (2004): 11x11 Gaussian window with sigma 1.5,
-    K1 = 0.01, K2 = 0.03, L = 255, population (not sample) moments. Computed on each RGB
-    channel separately over the 'valid' window positions (no border padding) and averaged over
-    positions, channels and images.
+    ``dnrt.bench.fidelity.ssim``: the standard formulation of Wang et al. (2004), 11x11 Gaussian
+    window with sigma 1.5, K1 = 0.01, K2 = 0.03, L = 255, population moments, on each channel
+    over the 'valid' window positions, averaged over positions and channels.
     """
-    x = np.moveaxis(np.asarray(a, np.float64), -1, -3)  # [..., C, H, W]
-    y = np.moveaxis(np.asarray(b, np.float64), -1, -3)
-    if x.shape != y.shape:
+    from dnrt.bench.fidelity import ssim as image_ssim
+
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
         raise ValueError(f"ssim: shapes differ: {a.shape} vs {b.shape}")
-    w = _gaussian_window()
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = _filter_valid(x, w), _filter_valid(y, w)
-    sxx = _filter_valid(x * x, w) - mx * mx
-    syy = _filter_valid(y * y, w) - my * my
-    sxy = _filter_valid(x * y, w) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    if a.ndim == 3:
+        return image_ssim(a, b)
+    return float(np.mean([image_ssim(x, y) for x, y in zip(a, b, strict=True)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +229,7 @@ def train(args: argparse.Namespace, config: dict[str, Any], log=print):
     """Train and return (module, history). Deterministic for given args on one machine."""
     import torch
 
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -333,7 +322,7 @@ def _load_average() -> list[float] | None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dnrt.data.train_demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/train_demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("dnrt/data/demo_generator.safetensors"))
     p.add_argument("--json", type=Path, default=None, help="metadata JSON (default: --out with .json)")
     p.add_argument("--preview", type=Path, default=None, help="write an input|output|truth PNG here")
@@ -398,7 +387,7 @@ def _load_weights(path: Path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
@@ -417,7 +406,7 @@ def _reevaluate(args: argparse.Namespace, argv: list[str], json_path: Path) -> i
     info["metrics"] = metrics
     info["evaluation"] = {
         **EVALUATION,
-        "command": "python -m dnrt.data.train_demo " + shlex.join(argv),
+        "command": "python tools/train_demo.py " + shlex.join(argv),
         "wall_time_s": eval_s,
         "machine": _machine(args.threads),
     }
@@ -447,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics, timing["eval_s"] = _score(module, args.eval_sizes, args.eval_tiles)
     timing["total_s"] = round(time.perf_counter() - start, 1)
 
-    command = "python -m dnrt.data.train_demo " + shlex.join(argv)
+    command = "python tools/train_demo.py " + shlex.join(argv)
     save_weights(module, args.out, config, {"command": command.strip(), "seed": str(args.seed)})
     info = {
         "architecture": "official",

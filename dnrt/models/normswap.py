@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from dnrt.bundle import LayerSpec, check_batchnorm_mode
 from dnrt.errors import DnrtError
-from dnrt.export.norm import DenseNorm2d, NormContext
+from dnrt.models.norm import DenseNorm2d, NormContext
 from dnrt.semantics import IN_EPS
 
 #: Probe input size: divisible by 64, so generators with up to 5 downsamplings pass it.

@@ -80,7 +80,7 @@ def export_random_official(
     """An official-architecture generator with seeded random weights, exported to ``out``."""
     import torch
 
-    from dnrt.export.zoo import build_generator
+    from dnrt.models.zoo import build_generator
 
     config = dict(config or OFFICIAL_TINY)
     torch.manual_seed(seed)

@@ -17,13 +17,19 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, defs, helper
 
-DOMAIN = "dnrt"
-OP_TYPE = "DenseNorm"
-OP_VERSION = 1
-#: Default and minimum opset of exported graphs: the body compares strings with Equal
-#: (opset 19+), and a model-local function must import the same opset as its model.
-DEFAULT_OPSET = 19
-MIN_OPSET = 19
+from dnrt.ops import DEFAULT_OPSET, DOMAIN, MIN_OPSET, OP_TYPE, OP_VERSION
+from dnrt.semantics import DN_EPS
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "DOMAIN",
+    "MIN_OPSET",
+    "OP_TYPE",
+    "OP_VERSION",
+    "attach_function",
+    "function_proto",
+    "register_schema",
+]
 
 
 def register_schema() -> None:
@@ -51,7 +57,7 @@ def register_schema() -> None:
         outputs=[param("Y", "T", "normalized activations, like X")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "activation type")],
         attributes=[
-            attr("eps", helper.make_attribute("eps", 1e-7), "added to std before the reciprocal"),
+            attr("eps", helper.make_attribute("eps", DN_EPS), "added to std before the reciprocal"),
             attr("activation", helper.make_attribute("activation", "none"), "'none' or 'relu' (fused)"),
         ],
     )

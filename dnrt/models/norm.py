@@ -1,17 +1,15 @@
-"""dnrt's normalization layer for PyTorch, and the ``dnrt::dense_norm`` custom op.
+"""dnrt's normalization layer for PyTorch: :class:`DenseNorm2d` and its :class:`NormContext`.
 
 A generator whose ``nn.InstanceNorm2d`` layers are swapped for :class:`DenseNorm2d`
-runs in one of two modes, set on the whole model by :class:`NormContext`:
+(:mod:`dnrt.models.normswap`) runs in one of two modes, set on the whole model by
+:class:`NormContext`:
 
 - *collect*: each sample is normalized with its own statistics in a flavour
   ``(ddof, eps, floor)`` given as a tensor, and the mean/std are recorded. This is
   the stats graph; with IN's flavour its image output is patch-wise IN.
 - *apply*: each sample is normalized with per-pixel moments interpolated from a
-  3x3 neighbourhood of tile statistics (the DenseNorm op). This is the DN graph;
-  TIN and KIN feed it constant neighbourhoods.
-
-The apply step is a ``torch.library.custom_op`` so that ONNX export emits it as
-one node (domain ``dnrt``) instead of tracing through its arithmetic.
+  3x3 neighbourhood of tile statistics (the DenseNorm op, :mod:`dnrt.ops.torch_op`).
+  This is the DN graph; TIN and KIN feed it constant neighbourhoods.
 """
 
 from __future__ import annotations
@@ -22,104 +20,8 @@ import threading
 import torch
 from torch import Tensor, nn
 
+from dnrt.ops.torch_op import dense_norm
 from dnrt.semantics import DN_EPS
-
-# --------------------------------------------------------------------------- the op
-
-
-def axis_weights(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``[n, 3]`` weights of the previous/own/next tile along one axis (docs/semantics.md 4.4)."""
-    p = torch.arange(n, device=device, dtype=dtype) + 0.5
-    d = (p - n / 2) / n
-    before = torch.clamp(-d, min=0)
-    after = torch.clamp(d, min=0)
-    return torch.stack([before, 1 - before - after, after], dim=1)
-
-
-def dense_norm_reference(
-    x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
-) -> Tensor:
-    """Eager implementation of DenseNorm: separable interpolation of mean and 1/(std+eps)."""
-    n, c, h, w = x.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"DenseNorm needs even map sizes, got {h}x{w}")
-    wy = axis_weights(h, x.device)
-    wx = axis_weights(w, x.device)
-    # [h,3] @ [N,C,3,3] @ [3,w] -> [N,C,h,w]; the same contraction the ONNX body uses.
-    mu = wy @ mean.float() @ wx.T
-    rinv = wy @ (1.0 / (std.float() + eps)) @ wx.T
-    y = (x.float() - mu) * rinv * gamma.view(1, c, 1, 1) + beta.view(1, c, 1, 1)
-    if activation == "relu":
-        y = torch.relu(y)
-    return y.to(x.dtype)
-
-
-_KERNELS: list = []  # [CudaKernels | None], resolved on the first CUDA call
-
-
-def _cuda_kernels():  # -> CudaKernels | None
-    """The fused CUDA kernel library when it is built (``dnrt build-plugins``), else None."""
-    if not _KERNELS:
-        try:
-            from dnrt.kernels import CudaKernels, find_kernels_library
-
-            path = find_kernels_library()
-            _KERNELS.append(CudaKernels(path) if path is not None else None)
-        except Exception:  # a stale or broken build falls back to the eager math
-            _KERNELS.append(None)
-    return _KERNELS[0]
-
-
-def _dense_norm_cuda(
-    kernels, x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
-) -> Tensor:
-    x = x.contiguous()
-    y = torch.empty_like(x)
-    n, c, h, w = x.shape
-    status = kernels.dense_norm(
-        str(x.dtype).removeprefix("torch."),
-        x.data_ptr(),
-        mean.float().contiguous().data_ptr(),
-        std.float().contiguous().data_ptr(),
-        gamma.float().contiguous().data_ptr(),
-        beta.float().contiguous().data_ptr(),
-        y.data_ptr(),
-        n,
-        c,
-        h,
-        w,
-        eps=eps,
-        relu=activation == "relu",
-        stream=torch.cuda.current_stream(x.device).cuda_stream,
-    )
-    kernels.check(status, "DenseNorm CUDA kernel")
-    return y
-
-
-@torch.library.custom_op("dnrt::dense_norm", mutates_args=())
-def dense_norm(
-    x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
-) -> Tensor:
-    """DenseNorm: ``x [N,C,H,W]``, ``mean/std [N,C,3,3]``, ``gamma/beta [C]`` -> ``[N,C,H,W]``.
-
-    On CUDA tensors it runs dnrt's fused kernel (one read of X, one write of Y) when the
-    kernels library is built; otherwise, and on the CPU, the eager separable form.
-    """
-    if x.is_cuda and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        kernels = _cuda_kernels()
-        if kernels is not None:
-            return _dense_norm_cuda(kernels, x, mean, std, gamma, beta, eps, activation)
-    return dense_norm_reference(x, mean, std, gamma, beta, eps, activation)
-
-
-@dense_norm.register_fake
-def _dense_norm_fake(
-    x: Tensor, mean: Tensor, std: Tensor, gamma: Tensor, beta: Tensor, eps: float, activation: str
-) -> Tensor:
-    return torch.empty_like(x)
-
-
-# --------------------------------------------------------------------------- the layer
 
 
 class NormContext(threading.local):
@@ -191,7 +93,8 @@ class DenseNorm2d(nn.Module):
 
     def _collect(self, x: Tensor, ctx: NormContext) -> Tensor:
         params = ctx.collect_params
-        assert params is not None, "collect mode needs collect_params"
+        if params is None:
+            raise RuntimeError("DenseNorm2d in collect mode needs NormContext.collect_params")
         ddof, eps, floor = params[0], params[1], params[2]
         if self.eps_scale != 1.0:  # a BatchNorm2d's own eps (an InstanceNorm2d's graph is unchanged)
             eps = eps * self.eps_scale
@@ -213,7 +116,8 @@ class DenseNorm2d(nn.Module):
         return y.to(out_dtype)
 
     def _apply_neighbourhoods(self, x: Tensor, ctx: NormContext) -> Tensor:
-        assert ctx.nbr_mean is not None and ctx.nbr_std is not None, "apply mode needs neighbourhoods"
+        if ctx.nbr_mean is None or ctx.nbr_std is None:
+            raise RuntimeError("DenseNorm2d in apply mode needs NormContext.nbr_mean and nbr_std")
         sl = slice(self.offset, self.offset + self.channels)
         return dense_norm(
             x, ctx.nbr_mean[:, sl], ctx.nbr_std[:, sl], self.gamma, self.beta, self.eps, self.activation

@@ -27,6 +27,7 @@ of a collect. Bundles from an older export lack it; backends then run stats.onnx
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -98,6 +99,9 @@ class Manifest:
     #: One of BATCHNORM_MODES for a generator with batch norm, None without any. Bundles
     #: from before the field: "eval" when the config says ``bn_folded`` (all they could be).
     batchnorm: str | None = None
+    #: Input sizes the network itself needs beyond even norm maps (a U-Net halves its input
+    #: num_downs times: 2**num_downs); 1 when only the norm layers constrain it.
+    network_multiple: int = 1
     dnrt_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -111,8 +115,8 @@ class Manifest:
 
     @property
     def input_multiple(self) -> int:
-        """Network input sizes must be multiples of this (every map even)."""
-        return 2 * max(self.strides, default=1)
+        """Network input sizes must be multiples of this (every norm map even, and the network's own)."""
+        return math.lcm(2 * max(self.strides, default=1), self.network_multiple)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -137,6 +141,11 @@ class Manifest:
             manifest = cls(**data)
         except (KeyError, TypeError) as exc:
             raise DnrtError(f"bundle manifest is malformed: {exc}") from None
+        multiple = manifest.network_multiple
+        if type(multiple) is not int or multiple < 1 or multiple & (multiple - 1):
+            raise DnrtError(
+                f"bundle manifest is malformed: network_multiple must be a power of two, got {multiple!r}"
+            )
         if manifest.batchnorm is not None and manifest.batchnorm not in BATCHNORM_MODES:
             raise DnrtError(
                 f"bundle manifest is malformed: batchnorm must be null or one of "

@@ -200,6 +200,9 @@ class Translator:
     pixels) or ``"tile"`` (the reference's self-reflection, for exact parity with the published
     pipeline). ``degenerate`` is DN's rule for (near-)degenerate statistics, ``"reference"``
     being the published arithmetic plus the std floor (docs/semantics.md section 8).
+
+    ``to_gray`` lets a 1-channel model take RGB input (BT.601 luma); ``intensity_range``
+    (``"LO:HI"``) maps 16-bit input ``LO..HI`` onto 0..255 (runtime/io/intensity.py has the rules).
     """
 
     def __init__(
@@ -223,7 +226,18 @@ class Translator:
         progress: bool | None = False,
         backend_options: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
+        # Gray images (issue 14): RGB into a 1-channel model, 16-bit intensity range "LO:HI".
+        to_gray: bool = False,
+        intensity_range: str | tuple[int, int] | None = None,
     ) -> None:
+        from dnrt.runtime.io.intensity import parse_intensity_range
+
+        self.to_gray = bool(to_gray)
+        if isinstance(intensity_range, str):
+            intensity_range = parse_intensity_range(intensity_range)
+        elif intensity_range is not None:
+            intensity_range = parse_intensity_range(f"{intensity_range[0]}:{intensity_range[1]}")
+        self.intensity_range = intensity_range
         try:
             mode = Mode(mode)
         except ValueError:
@@ -244,7 +258,15 @@ class Translator:
             kin_kernel_type=kin_kernel_type,
             overlap=overlap,
         )
-        TilePlan.create(self.tile, self.tile, self.tile, self.margin, manifest.strides, margin_source)
+        TilePlan.create(
+            self.tile,
+            self.tile,
+            self.tile,
+            self.margin,
+            manifest.strides,
+            margin_source,
+            manifest.network_multiple,
+        )
         self.margin_source = margin_source
         if mode is Mode.KIN:
             from dnrt.semantics import kin_kernel as make_kernel
@@ -301,7 +323,13 @@ class Translator:
         manifest = self.bundle.manifest
         self._check_source(source)
         plan = TilePlan.create(
-            source.height, source.width, self.tile, self.margin, manifest.strides, self.margin_source
+            source.height,
+            source.width,
+            self.tile,
+            self.margin,
+            manifest.strides,
+            self.margin_source,
+            manifest.network_multiple,
         )
         self.open()
         times = PhaseTimes()
@@ -366,6 +394,10 @@ class Translator:
         and is returned; after an error or a cancellation its content is unspecified.
         """
         source = ArraySource(rgb)
+        if self.to_gray and self.bundle.manifest.in_channels == 1 and source.channels == 3:
+            from dnrt.runtime.io.intensity import luminance
+
+            source = ArraySource(luminance(source.pixels))
         sink = ArraySink(source.height, source.width, self.bundle.manifest.out_channels, out)
         self._run(source, sink)
         return sink.pixels
@@ -398,10 +430,17 @@ class Translator:
         writer_tile: int,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
+        from dnrt.runtime.io.intensity import prepare_source
         from dnrt.runtime.io.writer import check_compression
 
         # Everything that can be refused is refused before the output file is created.
         check_compression(output, compression)
+        source = prepare_source(
+            source,
+            self.bundle.manifest.in_channels,
+            to_gray=self.to_gray,
+            intensity_range=self.intensity_range,
+        )
         self._check_source(source)
         TilePlan.create(
             source.height,
@@ -410,6 +449,7 @@ class Translator:
             self.margin,
             self.bundle.manifest.strides,
             self.margin_source,
+            self.bundle.manifest.network_multiple,
         )
         self.open()
         writer = open_writer(
@@ -446,7 +486,7 @@ def translate(
 
     ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, margin_source,
     batch, kin_kernel, kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads,
-    progress, backend_options, on_progress). Checks run cheapest
+    progress, backend_options, on_progress, to_gray, intensity_range). Checks run cheapest
     first: the output path, then the input image, then the bundle, then the backend loads.
     """
     from dnrt.runtime.io import check_output_path, open_image

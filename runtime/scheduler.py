@@ -386,7 +386,7 @@ class Scheduler:
         """
         t = self.plan.tile
         try:
-            check_map_sizes(t, 0, self.manifest.strides)
+            check_map_sizes(t, 0, self.manifest.strides, self.manifest.network_multiple)
         except DnrtError:
             raise DnrtError(
                 f"TIN and DN's 'slide' rule run the network on a {t} x {t} thumbnail: the tile must be a multiple of "

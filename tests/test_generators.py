@@ -76,6 +76,65 @@ class RegGanGenerator(nn.Module):
         return self.model_tail(self.model_body(self.model_head(x)))
 
 
+class SkipBlock(nn.Module):
+    """pix2pix's UnetSkipConnectionBlock: down (LeakyReLU in place, 4x4 s2 conv, norm), the inner
+    block, up (ReLU in place, 4x4 s2 transposed conv, norm), dropout; ``cat([x, model(x)])``."""
+
+    def __init__(self, outer, inner, input_nc=None, sub=None, outermost=False, innermost=False, norm="batch"):
+        super().__init__()
+        self.outermost = outermost
+        use_bias = norm == "instance"
+
+        def make_norm(c):
+            return nn.InstanceNorm2d(c) if norm == "instance" else nn.BatchNorm2d(c)
+
+        downconv = nn.Conv2d(input_nc or outer, inner, 4, stride=2, padding=1, bias=use_bias)
+        if outermost:
+            layers = [downconv, sub, nn.ReLU(True), nn.ConvTranspose2d(2 * inner, outer, 4, 2, 1), nn.Tanh()]
+        elif innermost:
+            up = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=use_bias)
+            layers = [nn.LeakyReLU(0.2, True), downconv, nn.ReLU(True), up, make_norm(outer)]
+        else:
+            up = nn.ConvTranspose2d(2 * inner, outer, 4, 2, 1, bias=use_bias)
+            layers = [nn.LeakyReLU(0.2, True), downconv, make_norm(inner), sub, nn.ReLU(True), up]
+            layers += [make_norm(outer), nn.Dropout(0.5)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)  # x is LeakyReLU'd in place by model[0]
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix's UnetGenerator: innermost block, num_downs - 5 blocks of 8ngf, then 4, 2, 1 ngf."""
+
+    def __init__(self, input_nc=3, output_nc=3, num_downs=8, ngf=64, norm="batch"):
+        super().__init__()
+        block = SkipBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
+        for _ in range(num_downs - 5):
+            block = SkipBlock(ngf * 8, ngf * 8, sub=block, norm=norm)
+        for mult in (4, 2, 1):
+            block = SkipBlock(ngf * mult, ngf * mult * 2, sub=block, norm=norm)
+        self.model = SkipBlock(output_nc, ngf, input_nc=input_nc, sub=block, outermost=True, norm=norm)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def randomized_batch_norms(module: nn.Module, seed: int = 0) -> nn.Module:
+    """BN affine parameters and running statistics far from identity, so the two modes differ."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.3, 3.0)
+    return module.eval()
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -152,3 +211,74 @@ def test_a_checkpoint_mixing_layouts_is_one_line(tmp_path: Path) -> None:
     assert line.startswith("error: ") and "\n" not in line
     assert "mixes generator layouts (cyclegan, reggan)" in line
     assert not (tmp_path / "o.dnrt").exists()
+
+
+# --------------------------------------------------------------------------- pix2pix U-Net
+
+
+def test_unet_key_layout() -> None:
+    keys = UnetGenerator(num_downs=8, ngf=2).state_dict().keys()
+    assert "model.model.0.weight" in keys and "model.model.0.bias" not in keys  # batch norm: no conv bias
+    assert "model.model.3.bias" in keys  # the outermost up conv always has one
+    assert "model.model.1.model.2.running_var" in keys  # the second level's down norm
+    innermost = "model.model" + ".1.model" + ".3.model" * 6
+    assert f"{innermost}.1.weight" in keys and f"{innermost}.4.running_mean" in keys
+    assert f"{innermost}.2.weight" not in keys  # no down norm in the innermost block
+
+
+@pytest.mark.parametrize("batchnorm", ["instance", "eval"])
+def test_unet_256_batch_norm_matches_the_original(tmp_path: Path, batchnorm: str) -> None:
+    torch.manual_seed(1)
+    module = randomized_batch_norms(UnetGenerator(num_downs=8, ngf=2, norm="batch"))
+    torch.save(module.state_dict(), tmp_path / "latest_net_G.pth")
+    out = tmp_path / "unet.dnrt"
+    result = export(tmp_path / "latest_net_G.pth", out, "--batchnorm", batchnorm, "--quiet")
+    assert result.exit_code == 0, result.output
+    m = load_bundle(out).manifest
+    assert m.architecture == "unet" and m.batchnorm == batchnorm
+    assert m.config["num_downs"] == 8 and m.config["norm"] == "batch" and m.config["ngf"] == 2
+    assert m.network_multiple == 256 and m.input_multiple == 256
+    # Default geometry: tile 512 kept (a multiple of 256), margin raised from 16 to 128.
+    assert (m.tile, m.margin) == (512, 128)
+    # Six middle blocks with a down and an up norm, the innermost with an up norm; none once folded.
+    assert len(m.layers) == (13 if batchnorm == "instance" else 0)
+    if batchnorm == "instance":
+        assert max(m.strides) == 128
+    check_one_tile(out, module, 256, batchnorm)
+    other = reference_in_mode(module, np.zeros((1, 3, 256, 256), np.float32) + 0.3, "eval")
+    mine = reference_in_mode(module, np.zeros((1, 3, 256, 256), np.float32) + 0.3, "instance")
+    assert float(np.abs(other - mine).max()) > 1e-2  # the two modes are told apart
+
+
+def test_unet_128_instance_norm_matches_the_original(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    module = UnetGenerator(input_nc=1, output_nc=3, num_downs=7, ngf=2, norm="instance").eval()
+    torch.save({"netG": module.state_dict()}, tmp_path / "g.pth")
+    out = tmp_path / "unet.dnrt"
+    result = export(tmp_path / "g.pth", out, "--tile", "64", "--margin", "32", "--quiet")
+    assert result.exit_code == 0, result.output
+    m = load_bundle(out).manifest
+    assert (m.architecture, m.config["num_downs"], m.config["norm"]) == ("unet", 7, "instance")
+    assert (m.in_channels, m.out_channels, m.network_multiple) == (1, 3, 128)
+    check_one_tile(out, module, 128)
+
+
+def test_unet_geometry_that_does_not_divide_is_refused(tmp_path: Path) -> None:
+    from dnrt.errors import DnrtError
+    from dnrt.runtime.api import Translator
+
+    torch.manual_seed(0)
+    module = UnetGenerator(num_downs=5, ngf=2, norm="instance").eval()
+    torch.save(module.state_dict(), tmp_path / "g.pth")
+    bad = export(tmp_path / "g.pth", tmp_path / "bad.dnrt", "--tile", "64", "--margin", "10", "--quiet")
+    assert bad.exit_code != 0 and not (tmp_path / "bad.dnrt").exists()
+    line = bad.output.strip()
+    assert line.startswith("error: ") and "\n" not in line
+    assert "tile 64 + 2 x margin 10 = 84 px" in line
+    assert "tile + 2*margin must be a multiple of 32 (e.g. --margin 16 with --tile 64)" in line
+    out = tmp_path / "u.dnrt"
+    assert export(tmp_path / "g.pth", out, "--tile", "64", "--margin", "16", "--quiet").exit_code == 0
+    with pytest.raises(
+        DnrtError, match=r"halves its input 5 times, so tile \+ 2\*margin must be a multiple of 32"
+    ):
+        Translator(out, backend="ort", margin=4)

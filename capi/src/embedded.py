@@ -250,7 +250,7 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
             degenerate=degenerate,
             degenerate_ratio=degenerate_ratio,
         )
-        TilePlan.create(tile, tile, tile, margin, manifest.strides, margin_source)
+        TilePlan.create(tile, tile, tile, margin, manifest.strides, margin_source, manifest.network_multiple)
         if mode == "kin":
             kin_kernel(int(options.kin_kernel), kernel_type)
     with _step(UNSUPPORTED):

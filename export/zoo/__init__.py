@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from dnrt.errors import DnrtError
 
-from . import cut, cyclegan, official, reggan
+from . import cut, cyclegan, official, reggan, unet
 from .cyclegan import BlurDownsample, BlurUpsample, fold_batch_norms
 from .official import ResidualBlock, count_norm_layers
 
@@ -74,6 +74,8 @@ register(
 register(Architecture("cut", cut.DESCRIPTION, cut.build, cut.infer_config, cut.remap, cut.finalize))
 # RegGAN: model_head.* / model_body.* / model_tail.* (no other layout has these names).
 register(Architecture("reggan", reggan.DESCRIPTION, reggan.build, reggan.infer_config, reggan.remap))
+# pix2pix U-Net: model.model.0 (4x4 stride-2 conv) and nested model.1.model.3... blocks.
+register(Architecture("unet", unet.DESCRIPTION, unet.build, unet.infer_config, unet.remap, unet.finalize))
 
 
 def get_architecture(name: str) -> Architecture:
@@ -113,8 +115,6 @@ def _hint(state_dict: dict[str, Tensor]) -> str:
         return (
             " (this looks like a PatchGAN discriminator; pass the generator checkpoint, e.g. *_net_G_A.pth)"
         )
-    if any(k.startswith("model.model.") for k in state_dict):
-        return " (this looks like a U-Net generator, which dnrt does not support)"
     return ""
 
 

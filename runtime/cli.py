@@ -186,6 +186,19 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     help="Output TIFF compression: zlib, none, lzw, zstd, jpeg, webp (NAME:LEVEL allowed).",
 )
 @click.option("--pyramid", is_flag=True, help="Add reduced-resolution levels (OpenSlide/QuPath readable).")
+# Gray images (issue 14)
+@click.option(
+    "--to-gray",
+    is_flag=True,
+    help="Let a 1-channel model take an RGB image: its ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B).",
+)
+@click.option(
+    "--intensity-range",
+    metavar="LO:HI",
+    default=None,
+    help="16-bit input: map samples LO..HI onto 0..255 [default: the file's declared range; "
+    "RGB: 0..65535; gray without one: refused].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
@@ -211,6 +224,8 @@ def translate_command(
     device_index: int,
     compression: str,
     pyramid: bool,
+    to_gray: bool,
+    intensity_range: str | None,
     overwrite: bool,
     quiet: bool,
     as_json: bool,
@@ -249,6 +264,8 @@ def translate_command(
                 pyramid=pyramid,
                 overwrite=overwrite,
                 progress=False if quiet else None,
+                to_gray=to_gray,
+                intensity_range=intensity_range,
             )
     except DnrtError as exc:
         raise CliError(str(exc), exc.exit_code) from None

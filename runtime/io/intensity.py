@@ -10,8 +10,8 @@ The documented rules (README, "Image formats"):
   with neither is refused: MRI and other scientific gray data rarely fill 0..65535, and a
   silent full-range mapping would hand the model a nearly black image.
 - **RGB into a 1-channel model** is refused unless asked for (``--to-gray``), which takes the
-  ITU-R BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (rounded; what Pillow's ``L`` mode and
-  most MRI/CT toolkits use) of the 8-bit samples.
+  ITU-R BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (halves rounded up; the weights of
+  Pillow's ``L`` mode and most toolkits) of the 8-bit samples.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def map_uint16(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 luma of uint8 ``[h, w, 3]`` as uint8 ``[h, w, 1]``: ``round(0.299 R + 0.587 G + 0.114 B)``."""
+    """BT.601 luma of uint8 ``[h, w, 3]`` as uint8 ``[h, w, 1]``: ``0.299 R + 0.587 G + 0.114 B``, halves up."""
     r, g, b = BT601_WEIGHTS
     wide = rgb[..., 0].astype(np.uint32) * r
     wide += rgb[..., 1].astype(np.uint32) * g
@@ -151,6 +151,8 @@ def prepare_source(
     without a usable range. Runs before any pixel is read (readers convert lazily).
     """
     label = name or f"'{os.fspath(getattr(source, 'path', '<image>'))}'"
+    if in_channels == 3 and source.channels == 1:
+        return source  # a gray image for an RGB model: the translator's channel check says so
     if getattr(source, "bits", 8) == 16:
         if intensity_range is not None:
             source.set_intensity_range(*intensity_range, origin="--intensity-range")

@@ -240,7 +240,10 @@ def info_command(model: Path, as_json: bool) -> None:
     click.echo(f"bundle        {bundle.path}")
     click.echo(f"architecture  {m.architecture} {json.dumps(m.config)}")
     click.echo(f"channels      {m.in_channels} in, {m.out_channels} out")
-    click.echo(f"tile          {m.tile} + margin {m.margin} (network input {m.tile + 2 * m.margin} px)")
+    multiple = f", a multiple of {m.input_multiple}" if m.network_multiple > 1 else ""
+    click.echo(
+        f"tile          {m.tile} + margin {m.margin} (network input {m.tile + 2 * m.margin} px{multiple})"
+    )
     click.echo(f"norm layers   {len(m.layers)} ({m.total_channels} channels of statistics)")
     if m.batchnorm is not None:
         click.echo(f"batch norm    {m.batchnorm} ({BATCHNORM_TEXT[m.batchnorm]})")

@@ -122,6 +122,68 @@ class UnetGenerator(nn.Module):
         return self.model(x)
 
 
+class CutDownsample(nn.Module):
+    """CUT's anti-aliasing ``Downsample``: reflect pad, depthwise binomial blur ([1,2,1]^2 / 16), stride 2."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        row = torch.tensor([1.0, 2.0, 1.0])
+        filt = row[:, None] * row[None, :]
+        self.register_buffer("filt", (filt / filt.sum())[None, None].repeat(channels, 1, 1, 1))
+        self.pad = nn.ReflectionPad2d(1)
+        self.channels = channels
+
+    def forward(self, x):
+        return nn.functional.conv2d(self.pad(x), self.filt, stride=2, groups=self.channels)
+
+
+class CutUpsample(nn.Module):
+    """CUT's ``Upsample``: replicate pad 1, transposed blur ([1,3,3,1]^2 / 64 x 4), stride 2, cropped."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        row = torch.tensor([1.0, 3.0, 3.0, 1.0])
+        filt = row[:, None] * row[None, :]
+        self.register_buffer("filt", (filt / filt.sum() * 4)[None, None].repeat(channels, 1, 1, 1))
+        self.pad = nn.ReplicationPad2d(1)
+        self.channels = channels
+
+    def forward(self, x):
+        y = nn.functional.conv_transpose2d(self.pad(x), self.filt, stride=2, padding=2, groups=self.channels)
+        return y[:, :, 1:, 1:][:, :, :-1, :-1]
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN's ResnetGenerator with instance norm (SCC), or CUT's anti-aliased one (SRC, a CUT fork)."""
+
+    def __init__(self, ngf: int, n_blocks: int, antialias: bool) -> None:
+        super().__init__()
+        seq: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(True),
+        ]
+        for c in (ngf, 2 * ngf):
+            if antialias:
+                seq += [nn.Conv2d(c, 2 * c, 3, padding=1), nn.InstanceNorm2d(2 * c), nn.ReLU(True)]
+                seq.append(CutDownsample(2 * c))
+            else:
+                seq += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.InstanceNorm2d(2 * c), nn.ReLU(True)]
+        seq += [RegGanBlock(4 * ngf) for _ in range(n_blocks)]  # the same residual block
+        for c in (4 * ngf, 2 * ngf):
+            if antialias:
+                seq += [CutUpsample(c), nn.Conv2d(c, c // 2, 3, padding=1)]
+            else:
+                seq.append(nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1))
+            seq += [nn.InstanceNorm2d(c // 2), nn.ReLU(True)]
+        seq += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+        self.model = nn.Sequential(*seq)
+
+    def forward(self, x):
+        return self.model(x)
+
+
 def randomized_batch_norms(module: nn.Module, seed: int = 0) -> nn.Module:
     """BN affine parameters and running statistics far from identity, so the two modes differ."""
     torch.manual_seed(seed)
@@ -282,3 +344,68 @@ def test_unet_geometry_that_does_not_divide_is_refused(tmp_path: Path) -> None:
         DnrtError, match=r"halves its input 5 times, so tile \+ 2\*margin must be a multiple of 32"
     ):
         Translator(out, backend="ort", margin=4)
+
+
+# --------------------------------------------------------------------------- SRC and SCC
+
+
+def test_src_and_scc_key_names_are_the_cut_and_cyclegan_layouts() -> None:
+    """SRC (jcy132/Hneg_SRC) trains CUT's resnet_9blocks unchanged (only the loss differs); SCC
+    keeps CycleGAN's. Their public key names are exactly the layouts dnrt already reads."""
+    src = ResnetGenerator(64, 9, antialias=True).state_dict()
+    assert {"model.7.filt", "model.11.filt", "model.21.filt", "model.25.filt"} <= set(src)
+    assert "model.12.conv_block.1.weight" in src and "model.30.weight" in src
+    scc = ResnetGenerator(64, 9, antialias=False).state_dict()
+    assert "model.10.conv_block.5.weight" in scc and "model.26.weight" in scc
+    assert not any(k.endswith(".filt") for k in scc)
+
+
+@pytest.mark.parametrize(("family", "arch", "antialias"), [("src", "cut", True), ("scc", "cyclegan", False)])
+def test_src_and_scc_checkpoints_export_and_match(
+    tmp_path: Path, family: str, arch: str, antialias: bool
+) -> None:
+    torch.manual_seed(4)
+    module = ResnetGenerator(4, 2, antialias=antialias).eval()
+    ckpt = tmp_path / "latest_net_G.pth"
+    torch.save(module.state_dict(), ckpt)
+    out = tmp_path / f"{family}.dnrt"
+    result = export(ckpt, out, "--tile", "32", "--margin", "8", "--quiet")
+    assert result.exit_code == 0, result.output
+    m = load_bundle(out).manifest
+    assert m.architecture == arch and m.config["ngf"] == 4 and m.config["n_blocks"] == 2
+    check_one_tile(out, module, 48)
+
+
+# --------------------------------------------------------------------------- streaming == two-pass
+
+
+def _family_checkpoint(family: str) -> tuple[nn.Module, int, int]:
+    """(original module, tile, margin) of a tiny generator of each family."""
+    torch.manual_seed(5)
+    if family == "reggan":
+        return RegGanGenerator(features=2, blocks=1).eval(), 32, 8
+    if family == "unet":
+        return UnetGenerator(num_downs=5, ngf=2, norm="instance").eval(), 32, 16
+    if family == "unet-bn":
+        return randomized_batch_norms(UnetGenerator(num_downs=5, ngf=2, norm="batch")), 32, 16
+    return ResnetGenerator(2, 1, antialias=family == "src").eval(), 32, 8
+
+
+@pytest.mark.parametrize("family", ["reggan", "unet", "unet-bn", "src", "scc"])
+def test_multi_tile_dn_streams_bit_identically_to_two_pass(tmp_path: Path, family: str) -> None:
+    from dnrt.runtime.api import Translator
+
+    module, tile, margin = _family_checkpoint(family)
+    torch.save(module.state_dict(), tmp_path / "g.pth")
+    out = tmp_path / "g.dnrt"
+    result = export(tmp_path / "g.pth", out, "--tile", str(tile), "--margin", str(margin), "--quiet")
+    assert result.exit_code == 0, result.output
+    channels = load_bundle(out).manifest.in_channels
+    image = np.random.default_rng(6).integers(0, 256, (100, 140, channels), dtype=np.uint8)
+    results = {}
+    for schedule in ("streaming", "two-pass"):
+        with Translator(out, backend="ort", mode="dn", schedule=schedule) as translator:
+            results[schedule] = translator.translate(image)
+            assert translator.last_report is not None and translator.last_report.tiles == 4 * 5
+    np.testing.assert_array_equal(results["streaming"], results["two-pass"])
+    assert results["streaming"].std() > 0.5

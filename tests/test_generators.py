@@ -344,6 +344,15 @@ def test_unet_geometry_that_does_not_divide_is_refused(tmp_path: Path) -> None:
         DnrtError, match=r"halves its input 5 times, so tile \+ 2\*margin must be a multiple of 32"
     ):
         Translator(out, backend="ort", margin=4)
+    from dnrt.runtime.cli import translate_command
+
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "in.png")
+    args = [str(tmp_path / "in.png"), "-o", str(tmp_path / "o.tif"), "-m", str(out), "--margin", "4"]
+    cli = CliRunner().invoke(translate_command, args)
+    assert cli.exit_code != 0 and not (tmp_path / "o.tif").exists()
+    assert cli.output.strip().startswith("error: tile 64 + 2 x margin 4 = 72 px does not suit this model")
+    assert "\n" not in cli.output.strip()
 
 
 # --------------------------------------------------------------------------- SRC and SCC

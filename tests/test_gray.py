@@ -166,3 +166,34 @@ def test_bad_intensity_range_is_exit_2(tmp_path: Path, gray_bundle: Path) -> Non
     )
     assert code == 2 and output.strip().startswith("error: --intensity-range must be LO:HI")
     assert not (tmp_path / "o.tif").exists()
+
+
+def _with_sbit(png: bytes, bits: int) -> bytes:
+    """``png`` with an sBIT chunk (gray: one byte, the significant bits) inserted after IHDR."""
+    import struct
+    import zlib
+
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
+    body = b"sBIT" + bytes([bits])
+    chunk = struct.pack(">I", 1) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def test_16_bit_png_sbit_declares_the_range(tmp_path: Path, gray_bundle: Path) -> None:
+    from dnrt.runtime.io.intensity import png_significant_bits
+
+    rng = np.random.default_rng(7)
+    mri = rng.integers(0, 1024, (120, 130)).astype(np.uint16)  # 10-bit data
+    Image.fromarray(mri).save(tmp_path / "plain.png")
+    (tmp_path / "s.png").write_bytes(_with_sbit((tmp_path / "plain.png").read_bytes(), 10))
+    assert (
+        png_significant_bits(tmp_path / "s.png") == 10
+        and png_significant_bits(tmp_path / "plain.png") is None
+    )
+    with Image.open(tmp_path / "s.png") as img:  # still a valid PNG
+        np.testing.assert_array_equal(np.asarray(img), mri)
+    out = tmp_path / "out.tif"
+    code, output = _run(tmp_path / "s.png", "-o", out, "-m", gray_bundle, "--quiet")
+    assert code == 0, output
+    mapped = np.floor(mri.astype(np.float64) * 255 / 1023 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(tifffile.imread(out), _expected(gray_bundle, mapped))

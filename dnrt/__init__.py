@@ -13,7 +13,7 @@ from dnrt.semantics import Mode
 
 __version__ = "0.1.0"
 
-__all__ = ["DnrtError", "Mode", "__version__", "translate", "Translator"]
+__all__ = ["DnrtError", "Mode", "TranslateOptions", "__version__", "translate", "Translator"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from dnrt.runtime import api
 
         return getattr(api, name)
+    if name == "TranslateOptions":
+        from dnrt.runtime.options import TranslateOptions
+
+        return TranslateOptions
     raise AttributeError(f"module 'dnrt' has no attribute {name!r}")

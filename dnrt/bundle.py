@@ -58,6 +58,35 @@ def check_batchnorm_mode(batchnorm: str) -> str:
     return batchnorm
 
 
+#: Training resolutions a manifest may record, in microns per pixel (a bound against nonsense:
+#: 0.01 is beyond any light microscope, 1e4 is a centimetre per pixel).
+MPP_RANGE = (0.01, 1e4)
+
+
+def check_manifest_mpp(mpp: Any) -> None:
+    """The manifest's ``mpp``: null or a finite number in :data:`MPP_RANGE` (a DnrtError otherwise)."""
+    if mpp is None:
+        return
+    ok = isinstance(mpp, int | float) and not isinstance(mpp, bool) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]
+    if not ok:
+        raise DnrtError(
+            f"bundle manifest is malformed: mpp must be null or microns per pixel in "
+            f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {mpp!r}"
+        )
+
+
+def check_export_mpp(mpp: float | None) -> float | None:
+    """``export-model --mpp``: None or a value the manifest accepts (a usage error, exit 2)."""
+    try:
+        check_manifest_mpp(mpp)
+    except DnrtError:
+        raise DnrtError(
+            f"--mpp must be microns per pixel in [{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {mpp!r}",
+            exit_code=2,
+        ) from None
+    return mpp
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One normalization layer of the generator, in forward order."""
@@ -99,6 +128,9 @@ class Manifest:
     #: One of BATCHNORM_MODES for a generator with batch norm, None without any. Bundles
     #: from before the field: "eval" when the config says ``bn_folded`` (all they could be).
     batchnorm: str | None = None
+    #: Microns per pixel of the images the model was trained on (``export-model --mpp``), or None.
+    #: trt-translate resamples slides to it by default (issue 17).
+    mpp: float | None = None
     #: Input sizes the network itself needs beyond even norm maps (a U-Net halves its input
     #: num_downs times: 2**num_downs); 1 when only the norm layers constrain it.
     network_multiple: int = 1
@@ -151,6 +183,7 @@ class Manifest:
                 f"bundle manifest is malformed: batchnorm must be null or one of "
                 f"{', '.join(BATCHNORM_MODES)}, got {manifest.batchnorm!r}"
             )
+        check_manifest_mpp(manifest.mpp)
         folded = isinstance(manifest.config, dict) and manifest.config.get("bn_folded") is True
         if folded and manifest.batchnorm != "eval":
             raise DnrtError(

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from dnrt import __version__
-from dnrt.bundle import check_batchnorm_mode
+from dnrt.bundle import check_batchnorm_mode, check_export_mpp
 from dnrt.errors import DnrtError
 
 DEBUG_ENV = "DNRT_DEBUG"
@@ -111,6 +111,14 @@ def _export_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "(BN's affine and eps), as pix2pix/CycleGAN's test.py without --eval, so IN/TIN/KIN/DN "
             "apply; 'eval' folds BN's running statistics into the convolutions.",
         ),
+        # The model's resolution (issue 17): recorded in the manifest, trt-translate's default --mpp.
+        click.option(
+            "--mpp",
+            type=float,
+            default=None,
+            help="Microns per pixel of the training images (e.g. 0.5 for 20x); trt-translate then "
+            "resamples slides to it by default.",
+        ),
         click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check."),
         click.option("--overwrite", is_flag=True, help="Replace an existing bundle."),
         click.option("--quiet", is_flag=True, help="Print nothing but errors."),
@@ -130,12 +138,14 @@ def _run_export(
     margin: int | None,
     opset: int,
     batchnorm: str,
+    mpp: float | None,
     no_validate: bool,
     overwrite: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
     check_batchnorm_mode(batchnorm)  # before the checkpoint is read
+    check_export_mpp(mpp)
     if not checkpoint.exists():
         raise DnrtError(f"checkpoint not found: {checkpoint}")
     try:
@@ -160,6 +170,7 @@ def _run_export(
         validate=not no_validate,
         overwrite=overwrite,
         batchnorm=batchnorm,
+        mpp=mpp,
         log=log,
     )
     m = result.manifest
@@ -169,6 +180,7 @@ def _run_export(
             "architecture": m.architecture,
             "config": m.config,
             "batchnorm": m.batchnorm,
+            "mpp": m.mpp,
             "dense_norm_nodes": len(m.layers),
             "channels": m.total_channels,
             "tile": m.tile,
@@ -247,6 +259,8 @@ def info_command(model: Path, as_json: bool) -> None:
     click.echo(f"norm layers   {len(m.layers)} ({m.total_channels} channels of statistics)")
     if m.batchnorm is not None:
         click.echo(f"batch norm    {m.batchnorm} ({BATCHNORM_TEXT[m.batchnorm]})")
+    if m.mpp is not None:
+        click.echo(f"resolution    {m.mpp:g} um/px (trained at; trt-translate's default --mpp)")
     for layer, size in zip(m.layers, sizes, strict=False):
         fused = " +relu" if layer.activation == "relu" else ""
         affine = " affine" if layer.affine else ""

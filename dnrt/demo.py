@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from dnrt.errors import DnrtError
+from dnrt.runtime.options import MODES
 
-MODES = ("in", "tin", "kin", "dn")
 #: The extra run that reproduces the published pipeline: each tile mirrors itself into its
 #: margin and degenerate statistics get only the std floor.
 REFERENCE_RUN = "dn-published"

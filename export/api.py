@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnrt.bundle import Manifest, check_batchnorm_mode
+from dnrt.bundle import Manifest, check_batchnorm_mode, check_export_mpp
 from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
 from dnrt.export.normswap import DnrtModel, convert, infer_in_channels
 from dnrt.export.op_schema import DEFAULT_OPSET
@@ -39,16 +39,20 @@ def export_module(
     overwrite: bool = False,
     batchnorm: str = "instance",
     log: Callable[[str], None] = print,
+    mpp: float | None = None,
 ) -> ExportResult:
     """Convert ``module`` (any generator with InstanceNorm2d layers) and write a bundle.
 
     BatchNorm2d layers run per sample with ``batchnorm="instance"`` and with their running
     statistics with ``"eval"`` (:func:`dnrt.export.convert`). The module's own weights are
     saved; the PyTorch backend can rebuild it only for zoo architectures (``config`` given),
-    other bundles run on ONNX Runtime/TensorRT. ``tile``/``margin`` left None get the defaults
-    (512, 16) raised to what the network accepts (``dnrt.semantics.default_geometry``).
+    other bundles run on ONNX Runtime/TensorRT. ``mpp``: the training images' microns per
+    pixel, recorded in the manifest (trt-translate's default resolution). ``tile``/``margin``
+    left None get the defaults (512, 16) raised to what the network accepts
+    (``dnrt.semantics.default_geometry``).
     """
     check_batchnorm_mode(batchnorm)
+    check_export_mpp(mpp)
     out = Path(out)
     check_output_dir(out, overwrite)
     state_dict = {k: v.clone() for k, v in module.state_dict().items()}
@@ -70,6 +74,7 @@ def export_module(
         source=dict(source or {}),
         notes=list(notes or []),
         batchnorm=recorded,
+        mpp=None if mpp is None else float(mpp),
         network_multiple=model.network_multiple,
     )
     manifest, validation = write_bundle(
@@ -99,6 +104,7 @@ def export_checkpoint(
     overwrite: bool = False,
     batchnorm: str = "instance",
     log: Callable[[str], None] = print,
+    mpp: float | None = None,
 ) -> ExportResult:
     """Load a trained generator checkpoint (safely), swap its norms, write a bundle.
 
@@ -108,6 +114,7 @@ def export_checkpoint(
     from dnrt.export.checkpoint import load_generator
 
     check_batchnorm_mode(batchnorm)
+    check_export_mpp(mpp)
     check_output_dir(Path(out), overwrite)
     module, name, config, info = load_generator(checkpoint, arch=arch, key=key, batchnorm=batchnorm)
     log(f"loaded {Path(checkpoint).name}: architecture {name} {config}")
@@ -134,4 +141,5 @@ def export_checkpoint(
         overwrite=overwrite,
         batchnorm=batchnorm,
         log=log,
+        mpp=mpp,
     )

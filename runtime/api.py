@@ -17,7 +17,6 @@ leaves no output behind.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -33,13 +32,14 @@ import numpy as np
 
 from dnrt.bundle import Bundle, load_bundle
 from dnrt.errors import Cancelled, DnrtError
-from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.backends.base import Backend, BackendContext
+from dnrt.runtime.options import FILE_FIELDS, TranslateOptions
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
-from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, STD_FLOOR_DEFAULT, Mode
+from dnrt.semantics import Mode
 
-__all__ = ["Cancelled", "ProgressCallback", "TranslateReport", "Translator", "translate"]
+__all__ = ["Cancelled", "ProgressCallback", "TranslateOptions", "TranslateReport", "Translator", "translate"]
 
 #: ``on_progress(done, total)``: tile runs done so far and in all; return False to cancel.
 ProgressCallback = Callable[[int, int], "bool | None"]
@@ -77,6 +77,9 @@ class TranslateReport:
     degenerate_ratio: float | None = None
     input: str | None = None
     output: str | None = None
+    # Slide reading (issue 17): reader, level, source / level / processed microns per pixel,
+    # resampling, notes (ResolutionChoice.to_dict()); None for in-memory images.
+    resolution: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -124,7 +127,14 @@ class ArraySource:
 class ArraySink:
     """Collects output bands into one array (a new one, or ``out``: any strides, written in place)."""
 
-    def __init__(self, height: int, width: int, channels: int, out: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        channels: int,
+        out: np.ndarray | None = None,
+        source: np.ndarray | None = None,
+    ) -> None:
         if out is None:
             out = np.empty((height, width, channels), dtype=np.uint8)
         elif out.shape != (height, width, channels) or out.dtype != np.uint8:
@@ -133,6 +143,9 @@ class ArraySink:
             )
         elif not out.flags.writeable:
             raise DnrtError("out is read-only")
+        elif source is not None and np.may_share_memory(out, source):
+            # Bands are written while later tiles still read their margins from the input.
+            raise DnrtError("out must not overlap the input image (pass a separate array)")
         self.pixels = out
         self.row = 0
 
@@ -141,13 +154,15 @@ class ArraySink:
         self.row += band.shape[0]
 
 
-def _bundle(model: str | os.PathLike | Bundle | None, backend: str | Backend) -> Bundle:
+def _bundle(model: str | os.PathLike | Bundle | None, backend: Backend | None) -> Bundle:
     if isinstance(model, Bundle):
         return model
     if model is None:
-        if isinstance(backend, Backend):
+        if backend is not None:
             return backend.bundle
         raise DnrtError("no model given: pass model=<bundle directory> (written by export-model)")
+    if not isinstance(model, str | os.PathLike):
+        raise DnrtError(f"model must be a bundle directory or a Bundle, got {model!r}", exit_code=2)
     return load_bundle(model)
 
 
@@ -180,26 +195,30 @@ class _ProgressHook:
         if done == self.reported:
             return
         self.reported = done
-        if self.callback(done, self.total) is False:
+        try:
+            answer = self.callback(done, self.total)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            # The caller's bug, reported as such (the run stops and leaves no output); the
+            # original stays attached as __cause__ for a debugger.
+            raise DnrtError(f"the progress callback raised {type(exc).__name__}: {exc}") from exc
+        if answer is False:
             raise Cancelled()
 
 
 class Translator:
     """A model bundle loaded on a backend, ready to translate images in one mode.
 
-    ``backend`` is a name (``auto``, ``ort``, ``ort-cuda``, ``torch``, ``torch-cuda``, ``trt``)
-    or an already constructed :class:`Backend`; ``backend_options`` go to its constructor
-    (e.g. ``{"precision": "fp16"}``). Tile and margin default to the bundle's; ``batch`` to
-    the backend's ``preferred_batch`` (1 for ONNX Runtime on the CPU, else 4). ``overlap``
-    (None: the backend decides) runs collect and infer side by side in streaming KIN/DN.
-    ``progress`` shows a tqdm bar (None: on a terminal); ``on_progress(done, total)`` is called
-    on the caller's thread as tile runs complete, and returning False cancels the run
-    (:class:`Cancelled`); it can be changed between runs through the attribute.
-
-    ``margin_source`` is ``"image"`` (default: each tile's margin is the real neighbouring
-    pixels) or ``"tile"`` (the reference's self-reflection, for exact parity with the published
-    pipeline). ``degenerate`` is DN's rule for (near-)degenerate statistics, ``"reference"``
-    being the published arithmetic plus the std floor (docs/semantics.md section 8).
+    The settings are one :class:`~dnrt.runtime.options.TranslateOptions` — passed as
+    ``options``, as its fields' keywords (``Translator(bundle, mode="kin", tile=512)``), or both
+    (the keywords override). Tile and margin default to the bundle's, ``batch`` to the backend's
+    ``preferred_batch`` (1 for ONNX Runtime on the CPU, else 4); see ``TranslateOptions`` for
+    every field. ``backend`` may also be an already constructed :class:`Backend`;
+    ``backend_options`` go to a named backend's constructor beside the options' precision and
+    device. ``progress`` shows a tqdm bar (None: on a terminal); ``on_progress(done, total)``
+    is called on the caller's thread as tile runs complete, and returning False cancels the
+    run (:class:`Cancelled`); it can be changed between runs through the attribute.
 
     ``to_gray`` lets a 1-channel model take RGB input (BT.601 luma); ``intensity_range``
     (``"LO:HI"``) maps 16-bit input ``LO..HI`` onto 0..255 (runtime/io/intensity.py has the rules).
@@ -208,89 +227,72 @@ class Translator:
     def __init__(
         self,
         model: str | os.PathLike | Bundle | None = None,
+        options: TranslateOptions | None = None,
         *,
-        mode: str | Mode = Mode.DN,
-        schedule: str = "streaming",
-        backend: str | Backend = "auto",
-        tile: int | None = None,
-        margin: int | None = None,
-        batch: int | None = None,
-        kin_kernel: int = 5,
-        kin_kernel_type: str = "constant",
-        std_floor: float = STD_FLOOR_DEFAULT,
-        degenerate: str = DEGENERATE_DEFAULT.value,
-        degenerate_ratio: float = DEGENERATE_RATIO_DEFAULT,
-        margin_source: str = "image",
-        overlap: bool | None = None,
-        threads: int | None = None,
+        backend: str | Backend | None = None,
         progress: bool | None = False,
         backend_options: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
-        # Gray images (issue 14): RGB into a 1-channel model, 16-bit intensity range "LO:HI".
-        to_gray: bool = False,
-        intensity_range: str | tuple[int, int] | None = None,
+        **settings: Any,
     ) -> None:
-        from dnrt.runtime.io.intensity import parse_intensity_range
-
-        self.to_gray = bool(to_gray)
-        if isinstance(intensity_range, str):
-            intensity_range = parse_intensity_range(intensity_range)
-        elif intensity_range is not None:
-            intensity_range = parse_intensity_range(f"{intensity_range[0]}:{intensity_range[1]}")
-        self.intensity_range = intensity_range
-        try:
-            mode = Mode(mode)
-        except ValueError:
-            raise DnrtError(f"unknown mode {mode!r} (expected one of in, tin, kin, dn)") from None
-        self.bundle = _bundle(model, backend)
-        manifest = self.bundle.manifest
-        self.tile = int(tile if tile is not None else manifest.tile)
-        self.margin = int(margin if margin is not None else manifest.margin)
         # Validate everything cheap before the backend loads anything.
-        self.options = ScheduleOptions(
-            mode=mode,
-            schedule=schedule,
-            batch=batch if batch is not None else 1,
-            std_floor=std_floor,
-            degenerate=degenerate,
-            degenerate_ratio=degenerate_ratio,
-            kin_kernel=kin_kernel,
-            kin_kernel_type=kin_kernel_type,
-            overlap=overlap,
-        )
-        TilePlan.create(
-            self.tile,
-            self.tile,
-            self.tile,
-            self.margin,
-            manifest.strides,
-            margin_source,
-            manifest.network_multiple,
-        )
-        self.margin_source = margin_source
-        if mode is Mode.KIN:
-            from dnrt.semantics import kin_kernel as make_kernel
-
-            make_kernel(kin_kernel, kin_kernel_type)
+        instance = backend if isinstance(backend, Backend) else None
+        if backend is not None and instance is None:
+            settings["backend"] = backend
+        self.options = _options(options, settings)
+        if on_progress is not None and not callable(on_progress):
+            raise DnrtError(f"on_progress must be callable, got {on_progress!r}", exit_code=2)
+        if backend_options is not None and not isinstance(backend_options, dict):
+            raise DnrtError(f"backend_options must be a dict, got {backend_options!r}", exit_code=2)
+        opts = self.options
+        self.bundle = _bundle(model, instance)
+        self.tile, self.margin = self._check_geometry(self.bundle, opts)
+        self.margin_source = opts.margin_source
         self.progress = progress
         self.on_progress = on_progress
-        if isinstance(backend, Backend):
-            self.backend = backend
+        if instance is not None:
+            self.backend = instance
         else:
             from dnrt.runtime.backends import get_backend
 
-            context = {"tile": self.tile, "margin": self.margin, "batch": batch, "threads": threads}
-            self.backend = get_backend(backend, self.bundle, context=context, **(backend_options or {}))
-        if batch is None:
-            batch = int(getattr(self.backend, "preferred_batch", 4))
-            self.options = dataclasses.replace(self.options, batch=batch)
+            context = BackendContext(
+                tile=self.tile,
+                margin=self.margin,
+                batch=opts.batch,
+                threads=opts.threads,
+                device_index=opts.device or 0,
+            )
+            kwargs = {**opts.backend_options(), **(backend_options or {})}
+            self.backend = get_backend(opts.backend, self.bundle, context=context, **kwargs)
+        batch = opts.batch if opts.batch is not None else int(self.backend.preferred_batch)
+        self.schedule_options = ScheduleOptions(
+            mode=opts.mode,
+            schedule=opts.schedule,
+            batch=batch,
+            std_floor=opts.std_floor,
+            degenerate=opts.degenerate,
+            degenerate_ratio=opts.degenerate_ratio,
+            kin_kernel=opts.kin_kernel,
+            kin_kernel_type=opts.kin_kernel_type,
+            overlap=opts.overlap,
+        )
         # Tell the backend what it will run before it loads anything: the graphs of the mode, and
         # one or two concurrent passes.
-        self.backend.expect_graphs(graphs_for(self.options.mode))
-        set_concurrency = getattr(self.backend, "set_concurrency", None)
-        if set_concurrency is not None:
-            set_concurrency(resolve_overlap(self.options, self.backend))
+        self.backend.expect_graphs(graphs_for(opts.mode))
+        self.backend.set_concurrency(resolve_overlap(self.schedule_options, self.backend))
         self.last_report: TranslateReport | None = None
+
+    @staticmethod
+    def _check_geometry(bundle: Bundle, options: TranslateOptions) -> tuple[int, int]:
+        """The run's tile and margin (the options', else the bundle's), checked against the
+        model's strides on a single tile; each image's own plan is made per run."""
+        manifest = bundle.manifest
+        tile = options.tile if options.tile is not None else int(manifest.tile)
+        margin = options.margin if options.margin is not None else int(manifest.margin)
+        TilePlan.create(
+            tile, tile, tile, margin, manifest.strides, options.margin_source, manifest.network_multiple
+        )
+        return tile, margin
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> Translator:
@@ -319,22 +321,28 @@ class Translator:
                 f"the model takes {manifest.in_channels}-channel images; the input is {what} image"
             )
 
-    def _run(self, source: Any, sink: Any, **report_extra: Any) -> TranslateReport:
-        manifest = self.bundle.manifest
-        self._check_source(source)
-        plan = TilePlan.create(
+    def _plan(self, source: Any) -> TilePlan:
+        return TilePlan.create(
             source.height,
             source.width,
             self.tile,
             self.margin,
-            manifest.strides,
+            self.bundle.manifest.strides,
             self.margin_source,
-            manifest.network_multiple,
+            self.bundle.manifest.network_multiple,
         )
+
+    def _run(
+        self, source: Any, sink: Any, plan: TilePlan | None = None, **report_extra: Any
+    ) -> TranslateReport:
+        manifest = self.bundle.manifest
+        if plan is None:
+            self._check_source(source)
+            plan = self._plan(source)
         self.open()
         times = PhaseTimes()
         start = time.perf_counter()
-        scheduler = Scheduler(self.backend, plan, self.options, times=times)
+        scheduler = Scheduler(self.backend, plan, self.schedule_options, times=times)
         with Progress(scheduler.total_tile_runs, enabled=self.progress) as bar:
             scheduler.progress = bar
             hook = (
@@ -370,7 +378,7 @@ class Translator:
             channels=manifest.out_channels,
             tile=self.tile,
             margin=self.margin,
-            batch=self.options.batch,
+            batch=self.schedule_options.batch,
             rows=plan.rows,
             cols=plan.cols,
             tiles=plan.tiles,
@@ -394,11 +402,11 @@ class Translator:
         and is returned; after an error or a cancellation its content is unspecified.
         """
         source = ArraySource(rgb)
-        if self.to_gray and self.bundle.manifest.in_channels == 1 and source.channels == 3:
+        if self.options.to_gray and self.bundle.manifest.in_channels == 1 and source.channels == 3:
             from dnrt.runtime.io.intensity import luminance
 
             source = ArraySource(luminance(source.pixels))
-        sink = ArraySink(source.height, source.width, self.bundle.manifest.out_channels, out)
+        sink = ArraySink(source.height, source.width, self.bundle.manifest.out_channels, out, source.pixels)
         self._run(source, sink)
         return sink.pixels
 
@@ -406,97 +414,162 @@ class Translator:
         self,
         input: str | os.PathLike,
         output: str | os.PathLike,
-        *,
-        compression: str = "zlib",
-        pyramid: bool = False,
-        overwrite: bool = False,
-        writer_tile: int = 512,
+        **settings: Any,
     ) -> TranslateReport:
-        """Translate an image file into a tiled (Big)TIFF; the output appears only when complete."""
-        from dnrt.runtime.io import check_output_path, open_image
+        """Translate an image file into a tiled (Big)TIFF; the output appears only when complete.
 
-        check_output_path(output, overwrite, input_path=input)
-        with open_image(input) as source:
-            return self._translate_source(source, input, output, compression, pyramid, overwrite, writer_tile)
+        ``settings``: the file-level fields of :class:`~dnrt.runtime.options.TranslateOptions`
+        (output: compression, pyramid, output_format, overwrite, writer_tile; slide reading:
+        reader, level, mpp, assume_mpp, allow_upsample), defaulting to this translator's."""
+        per_model = sorted(
+            k for k in settings if k in TranslateOptions.field_names() and k not in FILE_FIELDS
+        )
+        if per_model:
+            raise DnrtError(
+                f"{', '.join(per_model)} cannot change per file; make a Translator with them", exit_code=2
+            )
+        options = _options(self.options, settings)
+        input, output = _file_arg("input", input), _file_arg("output", output)
+        _check_output(output, options, input)
+        source, choice = _open_source(input, options, self.bundle.manifest.mpp)
+        with source:
+            return self._translate_source(source, input, output, options, resolution=choice.to_dict())
 
     def _translate_source(
         self,
         source: Any,
         input: str | os.PathLike,
         output: str | os.PathLike,
-        compression: str,
-        pyramid: bool,
-        overwrite: bool,
-        writer_tile: int,
+        options: TranslateOptions,
+        resolution: dict[str, Any] | None = None,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
         from dnrt.runtime.io.intensity import prepare_source
-        from dnrt.runtime.io.writer import check_compression
 
         # Everything that can be refused is refused before the output file is created.
-        check_compression(output, compression)
         source = prepare_source(
             source,
             self.bundle.manifest.in_channels,
-            to_gray=self.to_gray,
-            intensity_range=self.intensity_range,
+            to_gray=options.to_gray,
+            intensity_range=options.intensity_range,
         )
         self._check_source(source)
-        TilePlan.create(
-            source.height,
-            source.width,
-            self.tile,
-            self.margin,
-            self.bundle.manifest.strides,
-            self.margin_source,
-            self.bundle.manifest.network_multiple,
-        )
+        plan = self._plan(source)
         self.open()
         writer = open_writer(
             output,
             source.height,
             source.width,
             self.bundle.manifest.out_channels,
-            tile=writer_tile,
-            compression=compression,
-            pyramid=pyramid,
+            tile=options.writer_tile,
+            compression=options.compression,
+            pyramid=options.pyramid,
             source=source,
-            overwrite=overwrite,
+            overwrite=options.overwrite,
+            fmt=options.output_format,
         )
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
-            return self._run(source, writer, input=str(input), output=str(output))
+            return self._run(
+                source, writer, plan=plan, input=str(input), output=str(output), resolution=resolution
+            )
         except BaseException:
             writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
             raise
+
+
+def _options(options: TranslateOptions | None, settings: dict[str, Any]) -> TranslateOptions:
+    """``options`` with the keyword ``settings`` applied; every value validated once, here."""
+    if options is not None and not isinstance(options, TranslateOptions):
+        raise DnrtError(f"options must be a TranslateOptions, got {type(options).__name__}", exit_code=2)
+    unknown = sorted(set(settings) - set(TranslateOptions.field_names()))
+    if unknown:
+        raise DnrtError(f"unknown translation option(s): {', '.join(unknown)}", exit_code=2)
+    if options is None:
+        return TranslateOptions(**settings)
+    return options.replace(**settings) if settings else options
+
+
+def _open_source(
+    input: str | os.PathLike,
+    options: TranslateOptions,
+    default_mpp: Callable[[], float | None] | float | None,
+) -> tuple[Any, Any]:
+    """The image at the options' level / resolution (``default_mpp``: the bundle's)."""
+    from dnrt.runtime.io.resolution import open_at_resolution
+
+    return open_at_resolution(
+        input, options.resolution_request(), reader=options.reader, default_mpp=default_mpp
+    )
+
+
+def _file_arg(name: str, value: Any) -> str | os.PathLike:
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise DnrtError(f"{name} must be a file path, got {value!r}", exit_code=2)
+    return value
+
+
+def _check_output(output: str | os.PathLike, options: TranslateOptions, input: str | os.PathLike) -> None:
+    from dnrt.runtime.io import check_output_path
+    from dnrt.runtime.io.writer import check_compression, output_format
+
+    check_output_path(output, options.overwrite, input_path=input)
+    output_format(output, options.output_format)
+    check_compression(output, options.compression)
 
 
 def translate(
     input: str | os.PathLike,
     output: str | os.PathLike,
     model: str | os.PathLike | Bundle | None = None,
+    options: TranslateOptions | None = None,
     *,
-    compression: str = "zlib",
-    pyramid: bool = False,
-    overwrite: bool = False,
-    writer_tile: int = 512,
-    **options: Any,
+    progress: bool | None = False,
+    backend_options: dict[str, Any] | None = None,
+    on_progress: ProgressCallback | None = None,
+    **settings: Any,
 ) -> TranslateReport:
     """Translate the image file ``input`` into ``output`` (tiled BigTIFF, or PNG/JPEG) with a bundle.
 
-    ``options`` are :class:`Translator`'s (mode, schedule, backend, tile, margin, margin_source,
-    batch, kin_kernel, kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads,
-    progress, backend_options, on_progress, to_gray, intensity_range). Checks run cheapest
-    first: the output path, then the input image, then the bundle, then the backend loads.
-    """
-    from dnrt.runtime.io import check_output_path, open_image
+    ``options`` (a :class:`~dnrt.runtime.options.TranslateOptions`) and/or its fields as
+    keywords (mode, schedule, backend, tile, margin, margin_source, batch, kin_kernel,
+    kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads, precision,
+    device; output: compression, pyramid, output_format, overwrite, writer_tile; slide reading:
+    reader, level, mpp, assume_mpp, allow_upsample; gray images: to_gray, intensity_range); ``progress``, ``backend_options`` and
+    ``on_progress`` as for :class:`Translator`. Checks run cheapest first: the options, the
+    output path, then the input image, then the bundle, then the backend loads.
 
-    check_output_path(output, overwrite, input_path=input)
-    with open_image(input) as source:
-        translator = Translator(model, **options)
+    Slides: ``reader`` is ``auto`` (by content), ``tifffile`` or ``openslide``; ``level`` reads
+    that pyramid level; ``mpp`` (default: the bundle's training resolution, unless ``level`` is
+    given) picks the level and resamples to that many microns per pixel (area filter);
+    ``assume_mpp`` is the slide's level-0 resolution when its metadata lacks it (or is wrong);
+    ``allow_upsample`` permits an ``mpp`` finer than the slide's best level.
+    """
+    backend = settings.pop("backend", None)
+    instance = backend if isinstance(backend, Backend) else None
+    if backend is not None and instance is None:
+        settings["backend"] = backend
+    resolved = _options(options, settings)
+    input, output = _file_arg("input", input), _file_arg("output", output)
+    _check_output(output, resolved, input)
+    loaded: list[Bundle] = []
+
+    def bundle_mpp() -> float | None:
+        # Read after the image opened (its errors come first); the Translator reuses it.
+        loaded.append(_bundle(model, instance))
+        return loaded[0].manifest.mpp
+
+    source, choice = _open_source(input, resolved, bundle_mpp)
+    with source:
+        translator = Translator(
+            loaded[0] if loaded else model,
+            resolved,
+            backend=instance,
+            progress=progress,
+            backend_options=backend_options,
+            on_progress=on_progress,
+        )
         try:
-            return translator._translate_source(
-                source, input, output, compression, pyramid, overwrite, writer_tile
-            )
+            return translator._translate_source(source, input, output, resolved, resolution=choice.to_dict())
         finally:
             translator.close()

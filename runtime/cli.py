@@ -20,12 +20,21 @@ from typing import Any
 import click
 
 from dnrt.errors import DnrtError
-from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, STD_FLOOR_DEFAULT, DegenerateRule
+from dnrt.runtime.options import (
+    BACKENDS,
+    DEGENERATE_RULES,
+    KIN_KERNEL_TYPES,
+    MARGIN_SOURCES,
+    MODES,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+    READERS,
+    SCHEDULES,
+    TranslateOptions,
+)
 
-MODES = ("in", "tin", "kin", "dn")
-SCHEDULES = ("streaming", "two-pass")
-# Kept in sync with dnrt.runtime.backends.BACKEND_NAMES (not imported: --help stays instant).
-BACKENDS = ("auto", "ort", "ort-cuda", "torch", "torch-cuda", "trt")
+#: The defaults shown in --help are the options' own.
+_DEFAULTS = TranslateOptions()
 
 
 class CliError(click.ClickException):
@@ -61,14 +70,184 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
-def _backend_options(precision: str, device_index: int) -> dict[str, object]:
-    """Only what differs from the defaults, so backends that ignore GPU options never see them."""
-    options: dict[str, object] = {}
-    if precision != "fp32":
-        options["precision"] = precision
-    if device_index != 0:
-        options["device_index"] = device_index
-    return options
+#: The options every translating command takes (``trt-translate``, ``dnrt batch``): each maps
+#: to the TranslateOptions field of the same name (``--device`` to ``device``).
+_TRANSLATION_OPTIONS = (
+    click.option(
+        "--mode",
+        type=click.Choice(MODES, case_sensitive=False),
+        default=_DEFAULTS.mode.value,
+        show_default=True,
+        help="Normalization: in (patch-wise), tin (thumbnail), kin (kernelized), dn (dense).",
+    ),
+    click.option(
+        "--schedule",
+        type=click.Choice(SCHEDULES, case_sensitive=False),
+        default=_DEFAULTS.schedule,
+        show_default=True,
+        help="streaming computes statistics a row ahead of inference; two-pass does all statistics "
+        "first. Both give bit-identical output.",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(BACKENDS, case_sensitive=False),
+        default=_DEFAULTS.backend,
+        show_default=True,
+        help="auto picks trt > torch-cuda > ort-cuda > ort.",
+    ),
+    click.option("--tile", type=int, callback=_positive, help="Tile size in pixels [default: the bundle's]."),
+    click.option("--margin", type=int, help="Margin around each tile [default: the bundle's]."),
+    click.option(
+        "--margin-source",
+        type=click.Choice(MARGIN_SOURCES, case_sensitive=False),
+        default=_DEFAULTS.margin_source,
+        show_default=True,
+        help="image: the margin is the neighbouring pixels (true context, no convolution seams); "
+        "tile: the margin mirrors the tile itself (the DN reference's geometry, for parity).",
+    ),
+    click.option(
+        "--batch",
+        type=int,
+        callback=_positive,
+        help="Tiles per backend call [default: 1 on the CPU, 4 on a GPU].",
+    ),
+    click.option(
+        "--kin-kernel",
+        type=int,
+        default=_DEFAULTS.kin_kernel,
+        show_default=True,
+        help="KIN smoothing window (odd, in tiles).",
+    ),
+    click.option(
+        "--kin-kernel-type",
+        type=click.Choice(KIN_KERNEL_TYPES, case_sensitive=False),
+        default=_DEFAULTS.kin_kernel_type,
+        show_default=True,
+    ),
+    click.option(
+        "--std-floor",
+        type=float,
+        default=_DEFAULTS.std_floor,
+        show_default="sqrt(1e-5)",
+        help="Lower bound of every KIN/DN std (keeps flat regions finite).",
+    ),
+    click.option(
+        "--degenerate",
+        type=click.Choice(DEGENERATE_RULES, case_sensitive=False),
+        default=_DEFAULTS.degenerate.value,
+        show_default=True,
+        help="DN's rule for near-degenerate statistics (flat glass, saturation); "
+        "reference: the published arithmetic plus the floor.",
+    ),
+    click.option(
+        "--degenerate-ratio",
+        type=click.FloatRange(min=0, max=1, min_open=True),
+        default=_DEFAULTS.degenerate_ratio,
+        show_default=True,
+        help="The std ratio below which the --degenerate rule acts.",
+    ),
+    click.option(
+        "--threads",
+        type=int,
+        callback=_positive,
+        help="CPU threads for the model [default: all cores; one for a tiny network on ort].",
+    ),
+    click.option(
+        "--overlap/--no-overlap",
+        default=None,
+        help="Streaming KIN/DN: run statistics and inference side by side [default: the backend decides].",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS, case_sensitive=False),
+        default=_DEFAULTS.precision,
+        show_default=True,
+        help="Activation precision: fp16 on GPU backends, bf16 on torch (CPUs with AVX512-BF16/AMX) "
+        "and torch-cuda; statistics stay fp32.",
+    ),
+    click.option(
+        "--device", type=int, default=_DEFAULTS.device, show_default=True, help="CUDA device index."
+    ),
+    click.option(
+        "--compression",
+        default=_DEFAULTS.compression,
+        show_default=True,
+        help="Output TIFF compression: zlib, none, lzw, zstd, jpeg, webp (NAME:LEVEL allowed).",
+    ),
+    # Slide outputs (issue 17): the default pyramid and the output format.
+    click.option(
+        "--pyramid/--no-pyramid",
+        default=None,
+        help="Reduced-resolution levels for viewers (OpenSlide, QuPath, libvips) "
+        "[default: for slide-sized outputs, a side over 4 writer tiles].",
+    ),
+    click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(OUTPUT_FORMATS, case_sensitive=False),
+        help="TIFF output layout: tiff (levels in the main IFD chain, Aperio-style metadata) or "
+        "ome-tiff (OME-XML, levels as SubIFDs) [default: by the name, .ome.tif is ome-tiff].",
+    ),
+    click.option(
+        "--writer-tile",
+        type=int,
+        default=_DEFAULTS.writer_tile,
+        show_default=True,
+        help="Edge of the output TIFF's own tiles (a multiple of 16).",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    # Gray images (issue 14): RGB into a 1-channel model, 16-bit intensity ranges.
+    click.option(
+        "--to-gray",
+        is_flag=True,
+        help="Let a 1-channel model take an RGB image: its ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B).",
+    ),
+    click.option(
+        "--intensity-range",
+        metavar="LO:HI",
+        default=None,
+        help="16-bit input: map samples LO..HI onto 0..255 [default: the file's declared range; "
+        "RGB: 0..65535; gray without one: refused].",
+    ),
+    # -- slide reading and the model's resolution (issue 17) --
+    click.option(
+        "--reader",
+        type=click.Choice(READERS, case_sensitive=False),
+        default=_DEFAULTS.reader,
+        show_default=True,
+        help="Input reader: auto decides by content (tifffile for TIFF/SVS/OME-TIFF, OpenSlide for "
+        "vendor formats tifffile cannot read: MRXS, NDPI variants, VMS, SCN, BIF, DICOM).",
+    ),
+    click.option("--level", type=click.IntRange(min=0), help="Pyramid level to read (0: full resolution)."),
+    click.option(
+        "--mpp",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Microns per pixel to translate at: the pyramid level just finer is read and resampled "
+        "(area filter) [default: the bundle's training resolution, unless --level is given].",
+    ),
+    click.option(
+        "--assume-mpp",
+        type=click.FloatRange(min=0, min_open=True),
+        help="The slide's level-0 microns per pixel, when its metadata lacks it (or is wrong).",
+    ),
+    click.option("--allow-upsample", is_flag=True, help="Allow an --mpp finer than the slide's best level."),
+)
+
+
+def translation_options(command: Any) -> Any:
+    """Decorate a click command with every translation option (in --help order)."""
+    for option in reversed(_TRANSLATION_OPTIONS):
+        command = option(command)
+    return command
+
+
+def options_from_cli(settings: dict[str, Any]) -> TranslateOptions:
+    """The TranslateOptions of a command's parsed translation options (validated; a bad value
+    is a CliError with the usage exit code)."""
+    try:
+        return TranslateOptions(**settings)
+    except DnrtError as exc:
+        raise CliError(str(exc), exc.exit_code) from None
 
 
 @click.command(
@@ -82,7 +261,7 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output image (.tif: tiled BigTIFF).",
+    help="Output image (.tif: tiled BigTIFF; .ome.tif: OME-TIFF; .png/.jpg for small images).",
 )
 @click.option(
     "-m",
@@ -91,146 +270,14 @@ def _backend_options(precision: str, device_index: int) -> dict[str, object]:
     type=click.Path(path_type=Path),
     help="Model bundle directory (export-model).",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(MODES, case_sensitive=False),
-    default="dn",
-    show_default=True,
-    help="Normalization: in (patch-wise), tin (thumbnail), kin (kernelized), dn (dense).",
-)
-@click.option(
-    "--schedule",
-    type=click.Choice(SCHEDULES, case_sensitive=False),
-    default="streaming",
-    show_default=True,
-    help="streaming computes statistics a row ahead of inference; two-pass does all statistics first. "
-    "Both give bit-identical output.",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS, case_sensitive=False),
-    default="auto",
-    show_default=True,
-    help="auto picks trt > torch-cuda > ort-cuda > ort.",
-)
-@click.option("--tile", type=int, callback=_positive, help="Tile size in pixels [default: the bundle's].")
-@click.option("--margin", type=int, help="Margin around each tile [default: the bundle's].")
-@click.option(
-    "--margin-source",
-    type=click.Choice(("image", "tile"), case_sensitive=False),
-    default="image",
-    show_default=True,
-    help="image: the margin is the neighbouring pixels (true context, no convolution seams); "
-    "tile: the margin mirrors the tile itself (the DN reference's geometry, for parity).",
-)
-@click.option(
-    "--batch",
-    type=int,
-    callback=_positive,
-    help="Tiles per backend call [default: 1 on the CPU, 4 on a GPU].",
-)
-@click.option(
-    "--kin-kernel", type=int, default=5, show_default=True, help="KIN smoothing window (odd, in tiles)."
-)
-@click.option(
-    "--kin-kernel-type",
-    type=click.Choice(("constant", "gaussian"), case_sensitive=False),
-    default="constant",
-    show_default=True,
-)
-@click.option(
-    "--std-floor",
-    type=float,
-    default=STD_FLOOR_DEFAULT,
-    show_default="sqrt(1e-5)",
-    help="Lower bound of every KIN/DN std (keeps flat regions finite).",
-)
-@click.option(
-    "--degenerate",
-    type=click.Choice([r.value for r in DegenerateRule], case_sensitive=False),
-    default=DEGENERATE_DEFAULT.value,
-    show_default=True,
-    help="DN's rule for near-degenerate statistics (flat glass, saturation); "
-    "reference: the published arithmetic plus the floor.",
-)
-@click.option(
-    "--degenerate-ratio",
-    type=click.FloatRange(min=0, max=1, min_open=True),
-    default=DEGENERATE_RATIO_DEFAULT,
-    show_default=True,
-    help="The std ratio below which the --degenerate rule acts.",
-)
-@click.option(
-    "--threads",
-    type=int,
-    callback=_positive,
-    help="CPU threads for the model [default: all cores; one for a tiny network on ort].",
-)
-@click.option(
-    "--overlap/--no-overlap",
-    default=None,
-    help="Streaming KIN/DN: run statistics and inference side by side [default: the backend decides].",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(("fp32", "fp16", "bf16"), case_sensitive=False),
-    default="fp32",
-    show_default=True,
-    help="Activation precision: fp16 on GPU backends, bf16 on torch (CPUs with AVX512-BF16/AMX) and torch-cuda; statistics stay fp32.",
-)
-@click.option("--device", "device_index", type=int, default=0, show_default=True, help="CUDA device index.")
-@click.option(
-    "--compression",
-    default="zlib",
-    show_default=True,
-    help="Output TIFF compression: zlib, none, lzw, zstd, jpeg, webp (NAME:LEVEL allowed).",
-)
-@click.option("--pyramid", is_flag=True, help="Add reduced-resolution levels (OpenSlide/QuPath readable).")
-# Gray images (issue 14)
-@click.option(
-    "--to-gray",
-    is_flag=True,
-    help="Let a 1-channel model take an RGB image: its ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B).",
-)
-@click.option(
-    "--intensity-range",
-    metavar="LO:HI",
-    default=None,
-    help="16-bit input: map samples LO..HI onto 0..255 [default: the file's declared range; "
-    "RGB: 0..65535; gray without one: refused].",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@translation_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
 def translate_command(
-    input: Path,
-    output: Path,
-    model: Path,
-    mode: str,
-    schedule: str,
-    backend: str,
-    tile: int | None,
-    margin: int | None,
-    margin_source: str,
-    batch: int | None,
-    kin_kernel: int,
-    kin_kernel_type: str,
-    std_floor: float,
-    degenerate: str,
-    degenerate_ratio: float,
-    threads: int | None,
-    overlap: bool | None,
-    precision: str,
-    device_index: int,
-    compression: str,
-    pyramid: bool,
-    to_gray: bool,
-    intensity_range: str | None,
-    overwrite: bool,
-    quiet: bool,
-    as_json: bool,
+    input: Path, output: Path, model: Path, quiet: bool, as_json: bool, **settings: Any
 ) -> None:
     """Translate INPUT tile by tile with a model bundle, writing OUTPUT of the same size."""
+    options = options_from_cli(settings)
     # tifffile logs its parse problems before raising; dnrt turns the exception into the one
     # error line, so keep those records off stderr unless the application configured logging.
     tiff_logger = logging.getLogger("tifffile")
@@ -241,32 +288,7 @@ def translate_command(
         from dnrt.runtime.api import translate
 
         with signals_interrupt():  # SIGTERM and SIGHUP unwind (and clean up) like Ctrl-C
-            report = translate(
-                input,
-                output,
-                model,
-                mode=mode.lower(),
-                schedule=schedule.lower(),
-                backend=backend.lower(),
-                tile=tile,
-                margin=margin,
-                margin_source=margin_source.lower(),
-                batch=batch,
-                kin_kernel=kin_kernel,
-                kin_kernel_type=kin_kernel_type.lower(),
-                std_floor=std_floor,
-                degenerate=degenerate.lower(),
-                degenerate_ratio=degenerate_ratio,
-                threads=threads,
-                overlap=overlap,
-                backend_options=_backend_options(precision.lower(), device_index),
-                compression=compression,
-                pyramid=pyramid,
-                overwrite=overwrite,
-                progress=False if quiet else None,
-                to_gray=to_gray,
-                intensity_range=intensity_range,
-            )
+            report = translate(input, output, model, options, progress=False if quiet else None)
     except DnrtError as exc:
         raise CliError(str(exc), exc.exit_code) from None
     except KeyboardInterrupt as exc:
@@ -282,9 +304,20 @@ def translate_command(
         raise CliError(
             f"unexpected {type(exc).__name__}: {message} (set DNRT_DEBUG=1 for the traceback)", 1
         ) from None
+    resolution = report.resolution or {}
+    if not quiet:
+        for note in resolution.get("notes", []):
+            click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(report.to_json())
     elif not quiet:
+        if resolution.get("levels", 1) > 1 or resolution.get("resample", "none") != "none":
+            mpp_text = resolution["processed_mpp"] and f", {resolution['processed_mpp'][0]:.4g} um/px"
+            click.echo(
+                f"read level {resolution['level']} of {resolution['levels']} with {resolution['reader']}"
+                f"{mpp_text or ''}, resampling {resolution['resample']}",
+                err=True,
+            )
         s = report.seconds
         click.echo(
             f"{output}: {report.width} x {report.height}, {report.tiles} tiles, mode {report.mode}, "

@@ -35,6 +35,7 @@ import numpy as np
 
 from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.options import SCHEDULES
 from dnrt.runtime.pixels import network_output_to_uint8, paste_planar
 from dnrt.runtime.plan import RowBand, TilePlan
 from dnrt.runtime.tables import AreaThumbnail, DenseStats, GlobalStats, KernelStats, NeighbourhoodSource
@@ -49,8 +50,6 @@ from dnrt.semantics import (
     collect_flavour,
     kin_kernel,
 )
-
-SCHEDULES = ("streaming", "two-pass")
 
 
 class Source(Protocol):
@@ -127,13 +126,13 @@ def resolve_overlap(options: ScheduleOptions, backend: Backend) -> bool:
     """Whether collect and infer will run concurrently (two threads, or two streams on a GPU).
 
     Only streaming KIN/DN has two passes to overlap. ``options.overlap=None`` lets the backend
-    decide through its ``concurrent_passes`` attribute. A backend may also offer
-    ``set_concurrency(bool)`` to size itself for it (ONNX Runtime splits its CPU threads
-    between the two sessions); callers invoke it before activating the backend.
+    decide through its ``concurrent_passes`` attribute. ``Backend.set_concurrency(bool)`` lets
+    it size itself for the answer (ONNX Runtime splits its CPU threads between the two
+    sessions); callers invoke it before activating the backend.
     """
     overlap = options.overlap
     if overlap is None:
-        overlap = bool(getattr(backend, "concurrent_passes", False))
+        overlap = backend.concurrent_passes
     return bool(overlap) and options.schedule == "streaming" and options.mode in (Mode.KIN, Mode.DN)
 
 

@@ -14,7 +14,9 @@ importer, binds a node with no local function to a plugin creator from the regis
 ``plugin_version`` and ``plugin_namespace``; the fake plugin library (any file named
 ``libdnrt_trt_plugin.so`` given to ``load_library``) implements DenseNorm with dnrt's reference
 ONNX function body (``dnrt.export.op_schema.attach_function``), so the engine computes what the
-CUDA plugin is specified to compute. Precision flags are recorded, not emulated (fp16 runs fp32).
+CUDA plugin is specified to compute. Precision flags are recorded, not emulated (fp16 runs fp32);
+I/O tensor types are real: a network input or output set to ``float16`` makes an engine whose
+``get_tensor_dtype`` says HALF and whose device buffers are read and written as fp16 bytes.
 
 Checks made, each where TensorRT makes it (or where real TensorRT would misbehave):
 profile shapes (``set_input_shape`` returns False outside min..max, as TensorRT does);
@@ -277,14 +279,41 @@ class ILayer:
         self._output_types[index] = dtype
 
 
+class ITensor:
+    """A network tensor. ``dtype`` is settable on network inputs and outputs (TensorRT 10's
+    weakly typed networks: the I/O type the engine will have); read-only in TensorRT 11."""
+
+    __slots__ = ("name", "_dtype", "shape")
+
+    def __init__(self, name: str, dtype: DataType, shape: tuple[int, ...]) -> None:
+        self.name = name
+        self._dtype = dtype
+        self.shape = Dims(shape)
+
+    @property
+    def dtype(self) -> DataType:
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, value: DataType) -> None:
+        _check_type("dtype", value, DataType)
+        self._dtype = value
+
+
+_ONNX_TYPES = {1: DataType.FLOAT, 10: DataType.HALF, 6: DataType.INT32, 7: DataType.INT64, 9: DataType.BOOL}
+_NUMPY_TYPES = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT32: np.int32}
+
+
 class INetworkDefinition:
-    __slots__ = ("_builder", "_model", "_layers", "_parsed")
+    __slots__ = ("_builder", "_model", "_layers", "_parsed", "_inputs", "_outputs")
 
     def __init__(self, builder: Builder) -> None:
         self._builder = builder
         self._model: bytes | None = None
         self._layers: list[ILayer] = []
         self._parsed = False
+        self._inputs: list[ITensor] = []
+        self._outputs: list[ITensor] = []
 
     @property
     def num_layers(self) -> int:
@@ -293,6 +322,22 @@ class INetworkDefinition:
     def get_layer(self, index: int) -> ILayer:
         _check_type("index", index, int)
         return self._layers[index]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_input(self, index: int) -> ITensor:
+        _check_type("index", index, int)
+        return self._inputs[index]
+
+    def get_output(self, index: int) -> ITensor:
+        _check_type("index", index, int)
+        return self._outputs[index]
 
 
 class OnnxParser:
@@ -359,6 +404,21 @@ class OnnxParser:
                 kind = LayerType.OTHER
             layers.append(ILayer(node.name or f"{node.op_type}_{i}", kind, len(node.output)))
         self._network._layers = layers
+
+        def tensors(values) -> list[ITensor]:
+            return [
+                ITensor(
+                    v.name,
+                    _ONNX_TYPES.get(v.type.tensor_type.elem_type, DataType.FLOAT),
+                    tuple(
+                        d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim
+                    ),
+                )
+                for v in values
+            ]
+
+        self._network._inputs = tensors(proto.graph.input)
+        self._network._outputs = tensors(proto.graph.output)
         self._network._model = proto.SerializeToString()
         self._network._parsed = True
         return True
@@ -491,6 +551,8 @@ class Builder:
                 "inputs": [i.name for i in model.graph.input],
                 "outputs": [o.name for o in model.graph.output],
                 "flags": sorted(f.name for f in config._flags),
+                # The engine's I/O types: what the network's tensors were set to.
+                "dtypes": {t.name: t.dtype.name for t in network._inputs + network._outputs},
             }
         ).encode()
         return IHostMemory(_MAGIC + len(header).to_bytes(4, "little") + header + network._model)
@@ -549,8 +611,11 @@ class ICudaEngine:
         return TensorIOMode.INPUT if name in self._header["inputs"] else TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name: str) -> DataType:
-        self._name(name)
-        return DataType.FLOAT
+        name = self._name(name)
+        return DataType[self._header["dtypes"][name]]
+
+    def _np(self, name: str) -> type:  # the fake's own: the numpy type of an I/O tensor's bytes
+        return _NUMPY_TYPES[self.get_tensor_dtype(name)]
 
     def get_tensor_shape(self, name: str) -> Dims:
         name = self._name(name)
@@ -607,7 +672,7 @@ class IExecutionContext:
         if key not in self._out_shapes:
             # Shape inference by running the model on zeros of the set shapes.
             session = self.engine.session()
-            feeds = {n: np.zeros(self._shapes[n], np.float32) for n in inputs}
+            feeds = {n: np.zeros(self._shapes[n], np.float32) for n in inputs}  # the model is fp32 inside
             outs = session.run(self.engine._header["outputs"], feeds)
             self._out_shapes[key] = {
                 n: tuple(o.shape) for n, o in zip(self.engine._header["outputs"], outs, strict=True)
@@ -650,7 +715,7 @@ class IExecutionContext:
             raise RuntimeError(f"execute_async_v3: no input shape set for {unset}")
         blocks = []
         for name in self.engine._names():
-            nbytes = int(np.prod(shapes[name])) * 4
+            nbytes = int(np.prod(shapes[name])) * np.dtype(self.engine._np(name)).itemsize
             found = fake_cudart.find_device(self._addresses[name], max(nbytes, 1))
             if found is None:
                 raise fake_cudart.FakeCudaMisuse(
@@ -667,15 +732,17 @@ class IExecutionContext:
         engine = self.engine
 
         def run() -> None:
-            feeds = {
-                n: np.frombuffer(
-                    fake_cudart.read_device(addresses[n], int(np.prod(shapes[n])) * 4), np.float32
-                ).reshape(shapes[n])
-                for n in header["inputs"]
-            }
+            # The device bytes are read and written in the engine's I/O types (fp16 image I/O);
+            # the model inside computes in float32, as the fake's "GPU".
+            feeds = {}
+            for n in header["inputs"]:
+                kind = np.dtype(engine._np(n))
+                raw = fake_cudart.read_device(addresses[n], int(np.prod(shapes[n])) * kind.itemsize)
+                feeds[n] = np.frombuffer(raw, kind).reshape(shapes[n]).astype(np.float32)
             outs = engine.session().run(header["outputs"], feeds)
             for n, value in zip(header["outputs"], outs, strict=True):
-                fake_cudart.write_device(addresses[n], np.ascontiguousarray(value, np.float32).tobytes())
+                data = np.ascontiguousarray(value, engine._np(n)).tobytes()
+                fake_cudart.write_device(addresses[n], data)
 
         fake_cudart.enqueue(stream, run, blocks)
         return True

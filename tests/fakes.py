@@ -95,7 +95,13 @@ class FakeBackend(Backend):
     def _perturb(self, n: int) -> float:
         return 1e-4 * (n - 1) if self.batch_sensitive else 0.0
 
-    def collect(self, tiles, flavour: CollectFlavour, *, image: bool = True):
+    def activate_impl(self) -> None:
+        pass  # nothing to load: the weights are numpy arrays made in __init__
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def collect_impl(self, tiles, flavour: CollectFlavour, *, image: bool = True):
         self.calls.append(("collect", len(tiles)))
         self.image_requests.append(image)
         images, means, stds = [], [], []
@@ -123,7 +129,7 @@ class FakeBackend(Backend):
             np.stack(stds).astype(f),
         )
 
-    def infer(self, tiles, nbr_mean, nbr_std):
+    def infer_impl(self, tiles, nbr_mean, nbr_std):
         self.calls.append(("infer", len(tiles)))
         assert nbr_mean.dtype == np.float32 and nbr_std.dtype == np.float32
         assert nbr_mean.shape == (len(tiles), self.manifest.total_channels, 3, 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "matplotlib")
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "matplotlib", "openslide")
 
 
 def loaded_after(statement: str) -> list[str]:

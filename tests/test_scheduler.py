@@ -102,6 +102,7 @@ def reference_translate(
     degenerate_ratio: float = DEGENERATE_RATIO_DEFAULT,
 ) -> np.ndarray:
     """docs/semantics.md sections 1-4 and 8, one tile at a time, no cleverness."""
+    backend.activate()  # idempotent: callers may pass an active backend
     h, w = image.shape[:2]
     rows, cols = -(-h // tile), -(-w // tile)
     padded = np.pad(image, ((0, rows * tile - h), (0, cols * tile - w), (0, 0)), mode="reflect")
@@ -265,7 +266,9 @@ def test_degenerate_rules_match_reference_on_torch(small_bundle_path: Path, rule
         return backend
 
     image = _flat_next_to_texture(64, 96)
-    got = _translate(factory(), image, mode="dn", batch=2, degenerate=rule)
+    # Batch 1 like the brute-force reference: batched oneDNN convolutions may round differently
+    # (one uint8 level) on some CPUs, and this test is about the tables, not the convolution.
+    got = _translate(factory(), image, mode="dn", batch=1, degenerate=rule)
     expected = reference_translate(
         factory(), image, "dn", tile=bundle.manifest.tile, margin=bundle.manifest.margin, degenerate=rule
     )
@@ -405,6 +408,7 @@ class _Recorder:
 def test_streaming_holds_only_the_lookahead_window(mode: str, lookahead: int, overlap: bool) -> None:
     image = _image(16 * 9, 40, seed=5)  # 9 tile rows
     backend = FakeBackend(fake_bundle())
+    backend.activate()  # the Scheduler drives an active backend; Translator.open() does this
     plan = TilePlan.create(image.shape[0], image.shape[1], TILE, MARGIN, backend.manifest.strides)
     options = ScheduleOptions(mode=mode, schedule="streaming", batch=2, overlap=overlap, read_ahead=1)
     rec = _Recorder(image)
@@ -460,6 +464,7 @@ class _ProgressiveSink:
 def test_bands_are_published_chunk_by_chunk(mode: str, schedule: str) -> None:
     image = _image(40, 100, seed=7)  # 3 rows x 7 columns of 16 px tiles, the last 4 px wide
     backend = FakeBackend(fake_bundle())
+    backend.activate()
     expected = reference_translate(FakeBackend(fake_bundle()), image, mode)
     plan = TilePlan.create(image.shape[0], image.shape[1], TILE, MARGIN, backend.manifest.strides)
     sink = _ProgressiveSink(expected)

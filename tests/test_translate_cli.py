@@ -221,8 +221,8 @@ def test_bad_options(work: Path, bundle: Path) -> None:
     _expect_error(work, [inp, *m], "'--output'", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--batch", "0"], "'--batch'", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--margin", "3"], "even")
-    _expect_error(work, [inp, "-o", out, *m, "--mode", "kin", "--kin-kernel", "4"], "odd")
-    _expect_error(work, [inp, "-o", out, *m, "--std-floor", "-1"], "std floor")
+    _expect_error(work, [inp, "-o", out, *m, "--mode", "kin", "--kin-kernel", "4"], "odd", code=2)
+    _expect_error(work, [inp, "-o", out, *m, "--std-floor", "-1"], "std floor", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--compression", "gzip9"], "compression", code=2)
     _expect_error(work, [inp, "-o", work / "missing-folder" / "o.tif", *m], "does not exist")
     _expect_error(work, [inp, "-o", work / "out.xyz", *m], "suffix")
@@ -342,8 +342,9 @@ def test_backend_registry(bundle: Path) -> None:
         resolve_backend_name("tensorflow")
     loaded = load_bundle(bundle)
     backend = get_backend("ort", loaded, context={"threads": 3, "tile": 8, "batch": 2})
-    # Context reaches only the parameters a backend takes (OrtBackend has no tile or batch).
+    # The job context reaches the backend as one typed object; ONNX Runtime uses the threads.
     assert isinstance(backend, OrtBackend) and backend.threads == 3 and backend.device == "cpu"
+    assert (backend.context.tile, backend.context.batch) == (8, 2)
     with pytest.raises(DnrtError, match="does not take"):
         get_backend("ort", loaded, workspace_mb=64)
     with pytest.raises(DnrtError, match="fp32 only"):
@@ -359,7 +360,7 @@ def test_ort_backend_splits_threads_when_overlapping(bundle: Path) -> None:
     with Translator(bundle, backend="ort", mode="dn", threads=3, overlap=True) as streaming:
         assert streaming.backend.session_threads("stats") + streaming.backend.session_threads("dense") == 3
         assert "side by side" in streaming.backend.describe()
-        assert streaming.options.batch == 1  # the CPU backend's preferred batch
+        assert streaming.schedule_options.batch == 1  # the CPU backend's preferred batch
     with Translator(bundle, backend="ort", mode="dn", threads=3, schedule="two-pass") as two_pass:
         assert two_pass.backend.session_threads("stats") == 3
         assert "3 threads" in two_pass.backend.describe()

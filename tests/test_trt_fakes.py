@@ -122,14 +122,70 @@ def test_trt_fp16_path_runs_and_keeps_reductions_fp32(
     with Translator(small_bundle_path, mode="dn", backend="trt", backend_options={"precision": "fp16"}) as t:
         got = t.translate(tissue).astype(np.int16)
         assert t.backend.describe().endswith("fp16")
+        # Image I/O is fp16 (half the bytes over PCIe), statistics stay fp32; the runner reads
+        # the types from the engine, and the fake engine reads the device bytes in those types.
+        stats, dense = t.backend.stats_engine, t.backend.dense_engine
+        assert stats.dtypes["tiles"] == np.float16 and stats.dtypes["image"] == np.float16
+        assert stats.dtypes["tile_mean"] == np.float32 and stats.dtypes["collect_params"] == np.float32
+        assert dense.dtypes["tiles"] == dense.dtypes["image"] == np.float16
+        assert dense.dtypes["nbr_mean"] == np.float32
+        assert dense.device["tiles"][1] < 4 * 3 * 48 * 48 * 4  # fp16-sized, not float32-sized
     assert fake_tensorrt.BuilderFlag.FP16 in flags
     assert fake_tensorrt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS in flags
     reduce = fake_tensorrt.LayerType.REDUCE
     assert outputs and all(
         entry == (reduce, fake_tensorrt.float32, fake_tensorrt.float32) for entry in outputs
     )
-    # The fake computes fp16 engines in fp32, so this checks the plumbing, not fp16 accuracy.
+    # The fake computes in fp32 between fp16 I/O: this checks the plumbing, not fp16 kernels.
     assert np.abs(got - ort_results["dn"]).max() <= 1
+
+
+def _tensorrt_11(monkeypatch) -> None:
+    """Make the fake look like TensorRT 11: strongly typed only, no FP16 / precision-constraint flags."""
+    import enum
+
+    flags = enum.Enum("BuilderFlag", {"DEBUG": 2, "TF32": 6})
+    monkeypatch.setattr(fake_tensorrt, "BuilderFlag", flags)
+    monkeypatch.setattr(fake_tensorrt, "__version__", "11.1.0.4")
+
+
+def test_trt_11_runs_fp32_and_refuses_fp16_clearly(
+    fake_gpu, monkeypatch, small_bundle_path, tissue, ort_results
+):
+    from dnrt.errors import DnrtError
+
+    _tensorrt_11(monkeypatch)
+    with Translator(small_bundle_path, mode="dn", backend="trt") as t:
+        got = t.translate(tissue).astype(np.int16)
+        assert "TensorRT 11.1" in t.backend.describe()
+    assert np.abs(got - ort_results["dn"]).max() <= 1
+    with pytest.raises(DnrtError, match="strongly typed networks only.*torch-cuda for fp16"):
+        Translator(small_bundle_path, mode="dn", backend="trt", backend_options={"precision": "fp16"}).open()
+    assert not list((fake_gpu / "cache" / "engines").glob("*fp16*"))  # refused before any build
+
+
+def test_trt_engine_cache_hit_needs_no_graph_preparation(fake_gpu, monkeypatch, small_bundle_path) -> None:
+    import dnrt.runtime.backends.trt as trt_module
+    from dnrt.bundle import load_bundle
+    from dnrt.runtime.backends.trt import TrtBackend
+    from dnrt.runtime.backends.trt_cache import engine_key
+
+    bundle = load_bundle(small_bundle_path)
+    with TrtBackend(bundle, batch=2) as first:
+        assert first.built == ["stats", "dense"]
+    prepared = []
+    real = trt_module.prepare_graph
+    monkeypatch.setattr(trt_module, "prepare_graph", lambda p, w: prepared.append(w) or real(p, w))
+    with TrtBackend(bundle, batch=2) as second:
+        assert second.built == [] and prepared == []  # no parse, no onnx import on a hit
+    with TrtBackend(bundle, batch=3) as third:  # another profile: another engine
+        assert third.built == ["stats", "dense"] and prepared == ["stats", "dense"]
+    base = engine_key(b"graph", "GPU", "89", "10.16", "fp32", "s32-48_b2")
+    assert base != engine_key(b"graph", "GPU", "89", "10.16", "fp16", "s32-48_b2")
+    assert base != engine_key(b"graph", "GPU", "90", "10.16", "fp32", "s32-48_b2")
+    assert base != engine_key(b"graph", "GPU", "89", "11.1", "fp32", "s32-48_b2")
+    assert base != engine_key(b"graph2", "GPU", "89", "10.16", "fp32", "s32-48_b2")
+    assert "/" not in engine_key(b"g", "NVIDIA H200 / SXM", "90", "10.16", "fp32", "s")
 
 
 def test_trt_cli_on_fakes(fake_gpu, small_bundle_path, tissue, ort_results) -> None:

@@ -196,84 +196,47 @@ def dnrtpy_init() -> None:
     import dnrt.runtime.api  # noqa: F401  (fail here, with the message above, if anything is missing)
 
 
-def _backend_options(name: str, precision: str | None, device_index: int) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if precision is not None:
-        options["precision"] = precision
-    if device_index >= 0:
-        if name == "torch-cuda":
-            options["device"] = f"cuda:{device_index}"
-        elif name in ("ort-cuda", "trt"):
-            options["device_index"] = device_index
-    return options
-
-
 @ffi.def_extern(error=INTERNAL)
 @_entry
 def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
     from dnrt.bundle import load_bundle
     from dnrt.runtime.api import Translator
-    from dnrt.runtime.backends import BACKEND_NAMES, resolve_backend_name
-    from dnrt.runtime.plan import TilePlan
-    from dnrt.runtime.scheduler import ScheduleOptions
-    from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, Mode, kin_kernel
+    from dnrt.runtime.backends import resolve_backend_name
+    from dnrt.runtime.options import TranslateOptions
+    from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT
 
     path = _path(path_pointer)
     backend = _text(options.backend, "options.backend") or "auto"
-    precision = _text(options.precision, "options.precision")
-    mode = MODES[options.mode]
-    schedule = SCHEDULES[options.schedule]
-    kernel_type = KERNEL_TYPES[options.kin_kernel_type]
-    margin_source = MARGIN_SOURCES[options.margin_source]
-    degenerate = DEGENERATE_RULES.get(options.degenerate, DEGENERATE_DEFAULT.value)
-    degenerate_ratio = float(options.degenerate_ratio) or DEGENERATE_RATIO_DEFAULT
-    if backend not in BACKEND_NAMES:
-        raise _Failure(
-            INVALID_ARGUMENT, f"unknown backend {backend!r} (expected one of {', '.join(BACKEND_NAMES)})"
+    precision = _text(options.precision, "options.precision") or "fp32"
+    with _step(INVALID_ARGUMENT):  # every option checked once, by TranslateOptions, before any load
+        settings = TranslateOptions(
+            mode=MODES[options.mode],
+            schedule=SCHEDULES[options.schedule],
+            backend=backend,
+            tile=int(options.tile) or None,
+            margin=int(options.margin) if options.margin >= 0 else None,
+            margin_source=MARGIN_SOURCES[options.margin_source],
+            batch=int(options.batch) or None,
+            kin_kernel=int(options.kin_kernel),
+            kin_kernel_type=KERNEL_TYPES[options.kin_kernel_type],
+            std_floor=float(options.std_floor),
+            degenerate=DEGENERATE_RULES.get(options.degenerate, DEGENERATE_DEFAULT.value),
+            degenerate_ratio=float(options.degenerate_ratio) or DEGENERATE_RATIO_DEFAULT,
+            overlap=None if options.overlap < 0 else bool(options.overlap),
+            threads=int(options.threads) or None,
+            precision=precision,
+            device=max(0, int(options.device_index)),
         )
-    if precision is not None and precision not in ("fp32", "fp16", "bf16"):
-        raise _Failure(INVALID_ARGUMENT, f"unknown precision {precision!r} (expected fp32, fp16 or bf16)")
 
     if not os.path.lexists(path):
         raise _Failure(NOT_FOUND, f"model bundle not found: {path}")
     with _step(MODEL):
         bundle = load_bundle(path)
-    manifest = bundle.manifest
-    tile = int(options.tile) or int(manifest.tile)
-    margin = int(options.margin) if options.margin >= 0 else int(manifest.margin)
-    with _step(INVALID_ARGUMENT):  # the same checks Translator makes, before any backend loads
-        ScheduleOptions(
-            mode=Mode(mode),
-            schedule=schedule,
-            batch=max(1, int(options.batch)),
-            std_floor=options.std_floor,
-            degenerate=degenerate,
-            degenerate_ratio=degenerate_ratio,
-        )
-        TilePlan.create(tile, tile, tile, margin, manifest.strides, margin_source, manifest.network_multiple)
-        if mode == "kin":
-            kin_kernel(int(options.kin_kernel), kernel_type)
+    with _step(INVALID_ARGUMENT):  # the tile geometry against this bundle
+        Translator._check_geometry(bundle, settings)
     with _step(UNSUPPORTED):
-        name = resolve_backend_name(backend, precision)
-        translator = Translator(
-            bundle,
-            mode=mode,
-            schedule=schedule,
-            backend=name,
-            tile=tile,
-            margin=margin,
-            margin_source=margin_source,
-            batch=int(options.batch) or None,
-            kin_kernel=int(options.kin_kernel),
-            kin_kernel_type=kernel_type,
-            std_floor=float(options.std_floor),
-            degenerate=degenerate,
-            degenerate_ratio=degenerate_ratio,
-            overlap=None if options.overlap < 0 else bool(options.overlap),
-            threads=int(options.threads) or None,
-            progress=False,
-            backend_options=_backend_options(name, precision, int(options.device_index)),
-        )
+        name = resolve_backend_name(settings.backend, precision)
+        translator = Translator(bundle, settings.replace(backend=name), progress=False)
     try:
         translator.open()  # load the graphs now: a broken bundle fails here, not mid-image
     except (Cancelled, MemoryError):
@@ -307,14 +270,19 @@ def dnrtpy_translate_file(
     translator = _translator(model_id)
     input_path, output_path = _path(in_pointer), _path(out_pointer)
     compression = _text(options.compression, "compression") or "zlib"
-    pyramid, overwrite, writer_tile = bool(options.pyramid), bool(options.overwrite), int(options.tile)
     with _step(INVALID_ARGUMENT, lambda m: UNSUPPORTED if "not available" in m else None):
         output_kind(output_path)
         Compression(compression)
+        settings = translator.options.replace(
+            compression=compression,
+            pyramid=bool(options.pyramid),
+            overwrite=bool(options.overwrite),
+            writer_tile=int(options.tile),
+        )
     if not os.path.lexists(input_path):
         raise _Failure(NOT_FOUND, f"input image '{input_path}' does not exist")
     with _step(IO, _refine_path):
-        check_output_path(output_path, overwrite, input_path=input_path)
+        check_output_path(output_path, settings.overwrite, input_path=input_path)
     with _step(IO, _refine_path):
         source = open_image(input_path)
     with source:
@@ -329,9 +297,7 @@ def dnrtpy_translate_file(
             # What trt-translate runs after the same checks (dnrt.runtime.api.translate): the writer
             # goes to a temporary file, renamed when complete and removed on any error or cancel.
             with _step(RUNTIME, _refine_run):
-                translator._translate_source(
-                    source, input_path, output_path, compression, pyramid, overwrite, writer_tile
-                )
+                translator._translate_source(source, input_path, output_path, settings)
         finally:
             translator.on_progress = None
 

@@ -164,8 +164,9 @@ def _torch_gpu_stats() -> dict[str, float]:
 
 def run_translate(spec: dict[str, Any]) -> dict[str, Any]:
     from dnrt.runtime.api import translate
+    from dnrt.runtime.options import TranslateOptions
 
-    options = {
+    settings = {
         "mode": spec["mode"],
         "schedule": spec.get("schedule", "streaming"),
         "backend": spec.get("backend", "auto"),
@@ -174,24 +175,24 @@ def run_translate(spec: dict[str, Any]) -> dict[str, Any]:
         "overlap": spec.get("overlap"),
         "tile": spec.get("tile"),
         "margin": spec.get("margin"),
-        "backend_options": spec.get("backend_options") or None,
-        "progress": False,
+        "compression": spec.get("compression", "zlib"),
+        # Level 0 only unless asked, as when the recorded runs were made (slide-sized outputs
+        # now get a pyramid by default).
+        "pyramid": spec.get("pyramid", False),
+        "overwrite": True,
     }
     # Absent: the runtime's own defaults.
-    for key in ("margin_source", "degenerate", "degenerate_ratio"):
+    for key in ("margin_source", "degenerate", "degenerate_ratio", "precision"):
         if spec.get(key) is not None:
-            options[key] = spec[key]
+            settings[key] = spec[key]
+    precision = (spec.get("backend_options") or {}).get("precision")
+    if precision is not None:
+        settings["precision"] = precision
+    options = TranslateOptions(**settings)
     rss_before = _rss_now_mb()
     with GpuMemorySampler() if spec.get("gpu") else _Null() as sampler:
         start = time.perf_counter()
-        report = translate(
-            spec["input"],
-            spec["output"],
-            spec["model"],
-            compression=spec.get("compression", "zlib"),
-            overwrite=True,
-            **options,
-        )
+        report = translate(spec["input"], spec["output"], spec["model"], options, progress=False)
         wall = time.perf_counter() - start
     gpu = _gpu_stats(sampler)
     from dataclasses import asdict

@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from dnrt.errors import DnrtError
-from dnrt.runtime.cli import BACKENDS, CliError, _OneLineCommand
+from dnrt.runtime.cli import CliError, _OneLineCommand
+from dnrt.runtime.options import BACKENDS, MARGIN_SOURCES, PRECISIONS
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -73,7 +74,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--margin", type=click.IntRange(min=0), help="Margin M [default: the bundle's].")
 @click.option(
     "--margin-source",
-    type=click.Choice(("image", "tile"), case_sensitive=False),
+    type=click.Choice(MARGIN_SOURCES, case_sensitive=False),
     default="image",
     show_default=True,
     help="image: true neighbouring pixels; tile: the reference's self-reflection.",
@@ -86,7 +87,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--degenerate-ratio", type=click.FloatRange(min=0, max=1, min_open=True))
 @click.option(
     "--precision",
-    type=click.Choice(("fp32", "fp16", "bf16")),
+    type=click.Choice(PRECISIONS),
     help="Compute precision: fp16 on GPU backends, bf16 on torch (CPU with AVX512-BF16/AMX) and torch-cuda.",
 )
 @click.option(
@@ -163,21 +164,27 @@ def bench_command(
         if image is not None and not image.exists():
             raise DnrtError(f"image not found: {image}")
         from dnrt.data.synthetic import parse_scanner
-        from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT, check_degenerate
+        from dnrt.runtime.options import TranslateOptions
+        from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT
 
         scanners = [v.strip() for v in scanner.split(",") if v.strip()] or ["clean"]
         if image is not None and scanners != ["clean"]:
             raise DnrtError("--scanner goes with the synthetic slide, not --image", exit_code=2)
         for variant in scanners:
             parse_scanner(variant)
-        if degenerate is not None or degenerate_ratio is not None:
-            try:
-                check_degenerate(
-                    degenerate or DEGENERATE_DEFAULT,
-                    DEGENERATE_RATIO_DEFAULT if degenerate_ratio is None else degenerate_ratio,
-                )
-            except DnrtError as exc:
-                raise DnrtError(str(exc), exit_code=2) from None
+        # The translation settings are checked by the runtime's own validator, before any run.
+        TranslateOptions(
+            backend=backend,
+            batch=batch,
+            threads=threads,
+            tile=tile,
+            margin=margin,
+            margin_source=margin_source,
+            degenerate=degenerate or DEGENERATE_DEFAULT,
+            degenerate_ratio=DEGENERATE_RATIO_DEFAULT if degenerate_ratio is None else degenerate_ratio,
+            precision=precision or "fp32",
+            compression=compression,
+        )
         options = BenchOptions(
             model=model,
             demo=demo,

@@ -2,28 +2,30 @@
 
 Nothing heavy is imported here: each backend's module (and its library:
 onnxruntime, torch, tensorrt) is imported only when that backend is asked for.
-A backend module provides a class taking ``(bundle, **options)``; the
-registry adds the device where one name stands for a library on a device.
+A backend module provides a class taking ``(bundle, context, **options)``: the job's
+:class:`BackendContext` and the backend's own options; the registry adds the device where one
+name stands for a library on a device.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dnrt.bundle import Bundle
 from dnrt.errors import DnrtError
-from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.backends.base import Backend, BackendContext
 
 __all__ = [
     "BACKEND_NAMES",
     "AUTO_ORDER",
     "Backend",
+    "BackendContext",
     "available_backends",
     "get_backend",
     "resolve_backend_name",
@@ -148,27 +150,34 @@ def resolve_backend_name(name: str, precision: str | None = None) -> str:
 
 
 def get_backend(
-    name: str, bundle: Bundle, *, context: dict[str, Any] | None = None, **options: Any
+    name: str,
+    bundle: Bundle,
+    *,
+    context: BackendContext | Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> Backend:
     """Construct (not yet activate) the backend called ``name`` for ``bundle``.
 
-    ``options`` go to the backend as given (an unknown one is an error). ``context`` holds
-    facts of the job that some backends size themselves by (``tile``, ``margin``, ``batch``,
-    ``threads``: TensorRT builds its shape profile from them); each is passed only to
-    backends whose constructor takes it.
+    ``context`` holds the facts of the job (:class:`BackendContext`, or a mapping of its
+    fields); ``options`` are the backend's own (``workspace_mb`` for TensorRT, an unknown one is
+    an error), and those named like context fields (``precision``, ``batch``, ...) override the
+    context: an explicit backend option is the user's word.
     """
-    name = resolve_backend_name(name, options.get("precision"))
+    if isinstance(context, BackendContext):
+        job = context
+    else:
+        try:
+            job = BackendContext().replace(**dict(context or {}))
+        except TypeError as exc:
+            raise DnrtError(f"unknown backend context: {exc}") from None
+    fields = BackendContext.fields()
+    job = job.replace(**{k: v for k, v in options.items() if k in fields})
+    own = {k: v for k, v in options.items() if k not in fields}
+    name = resolve_backend_name(name, job.precision)
     entry = _REGISTRY[name]
     module = importlib.import_module(entry.module)
     cls = getattr(module, entry.cls)
-    kwargs = {**entry.options, **options}
-    if context:
-        params = inspect.signature(cls).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        for key, value in context.items():
-            if value is not None and key not in kwargs and (takes_any or key in params):
-                kwargs[key] = value
     try:
-        return cls(bundle, **kwargs)
+        return cls(bundle, job, **{**entry.options, **own})
     except TypeError as exc:
         raise DnrtError(f"the {name} backend does not take these options: {exc}") from None

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import numpy as np
 
 from dnrt.bundle import Bundle
 from dnrt.errors import DnrtError
-from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.semantics import CollectFlavour
 
 DEVICES = ("cpu", "cuda")
@@ -95,25 +96,23 @@ class OrtBackend(Backend):
     def __init__(
         self,
         bundle: Bundle,
+        context: BackendContext | None = None,
         device: str = "cpu",
-        threads: int | None = None,
-        precision: str = "fp32",
-        device_index: int = 0,
+        **context_fields: Any,
     ) -> None:
-        super().__init__(bundle)
+        super().__init__(bundle, context, **context_fields)
+        precision = self.context.precision
         if precision != "fp32":
             # The bundle's graphs are float32; a half-precision ONNX graph would be a second export.
             raise DnrtError(
                 f"the ONNX Runtime backend runs fp32 only (asked for {precision}); "
                 "use torch for bf16 on the CPU, torch-cuda or trt on a GPU"
             )
-        self.device_index = device_index
+        self.device_index = self.context.device_index
         if device not in DEVICES:
             raise DnrtError(f"unknown ONNX Runtime device {device!r} (expected one of {', '.join(DEVICES)})")
-        if threads is not None and threads < 1:
-            raise DnrtError(f"threads must be at least 1, got {threads}")
         self.device = device
-        self.threads = threads
+        self.threads = self.context.threads
         self.name = "ort-cuda" if device == "cuda" else "ort"
         # Measured on a quiet 2-core machine (benchmarks/results/cpu-ort-demo-3024x4302-dn-vs-in.md):
         # overlapped passes on split thread pools took 78.0 s and 760 MB against 74.2 s and
@@ -241,25 +240,21 @@ class OrtBackend(Backend):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DnrtError(f"cannot load {path}: {first}") from None
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         """Load the sessions of the expected graphs (``expect_graphs``); when nobody said, the
         dense one, the others on first use. Session creation is a sizeable part of a short run
         (0.3-0.8 s each for the 64-feature generator), so IN never builds dense.onnx."""
-        if self.active:
-            return
         graphs = self.expected_graphs if self.expected_graphs is not None else frozenset({"dense"})
         if "dense" in graphs:
             self._dense_session()
         for graph in sorted(graphs - {"dense"}):
             self._collect_session(image=graph == "stats")
-        super().activate()
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         with self._lazy_lock:
             self._stats = None
             self._collect = None
-        self._dense = None
-        super().deactivate()
+            self._dense = None
 
     def _dense_session(self):
         with self._lazy_lock:
@@ -316,14 +311,9 @@ class OrtBackend(Backend):
         return f"onnxruntime {ort.__version__} ({where})"
 
     # -- the two passes ----------------------------------------------------------------
-    def _require_active(self) -> None:
-        if not self.active:
-            self.activate()
-
-    def collect(
+    def collect_impl(
         self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        self._require_active()
         session = self._collect_session(image)
         feeds = {"tiles": np.ascontiguousarray(tiles, np.float32), "collect_params": flavour.as_array()}
         if image:
@@ -332,8 +322,7 @@ class OrtBackend(Backend):
         mean, std = session.run(list(COLLECT_OUTPUTS), feeds)
         return None, mean, std
 
-    def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
-        self._require_active()
+    def infer_impl(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
         (image,) = self._dense_session().run(
             ["image"],
             {

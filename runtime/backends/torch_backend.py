@@ -18,7 +18,7 @@ import numpy as np
 
 from dnrt.bundle import Bundle
 from dnrt.errors import DnrtError
-from dnrt.runtime.backends.base import Backend
+from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.semantics import CollectFlavour
 
 
@@ -52,21 +52,35 @@ def cuda_available() -> bool:
 
 
 class TorchBackend(Backend):
+    """The generator on PyTorch, on the CPU or one CUDA device.
+
+    On CUDA each pass runs on its own stream (so streaming overlaps them); the weights are
+    uploaded and converted on the device's current stream during activation, and both pass
+    streams wait on an event recorded after that, so no pass reads a weight before it lands.
+    """
+
     name = "torch"
 
     def __init__(
-        self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None
-    ):
-        super().__init__(bundle)
+        self,
+        bundle: Bundle,
+        context: BackendContext | None = None,
+        device: str = "cpu",
+        **context_fields: Any,
+    ) -> None:
+        super().__init__(bundle, context, **context_fields)
+        precision = self.context.precision
         if precision not in PRECISIONS:
             raise DnrtError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
         if precision == "fp16" and not device.startswith("cuda"):
             raise DnrtError(
                 "fp16 needs a CUDA device; on the CPU use fp32, or bf16 where the CPU has AVX512-BF16/AMX"
             )
+        if device == "cuda" and self.context.device_index:
+            device = f"cuda:{self.context.device_index}"
         self.device_name = device
         self.precision = precision
-        self.threads = threads
+        self.threads = self.context.threads
         self.model: Any = None
         self.name = "torch-cuda" if device.startswith("cuda") else "torch"
         # On a GPU each pass gets its own CUDA stream, so streaming overlaps them.
@@ -79,7 +93,7 @@ class TorchBackend(Backend):
         # oneDNN's NHWC convolutions on the CPU (see the module docstring); CUDA keeps NCHW.
         self.channels_last = not device.startswith("cuda")
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         try:
             import torch
         except ImportError:
@@ -119,11 +133,6 @@ class TorchBackend(Backend):
         self.model = model.to(self.device)
         if self.channels_last:
             self.model.generator.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            self.streams = {
-                "collect": torch.cuda.Stream(self.device),
-                "infer": torch.cuda.Stream(self.device),
-            }
         if self.dtype != torch.float32:
             from dnrt.export.norm import DenseNorm2d
 
@@ -131,18 +140,37 @@ class TorchBackend(Backend):
             for module in self.model.generator.modules():
                 if isinstance(module, DenseNorm2d):
                     module.float()
-        super().activate()
+        if self.device.type == "cuda":
+            self._create_streams(torch)
 
-    def deactivate(self) -> None:
+    def _create_streams(self, torch: Any) -> None:
+        """Two pass streams, ordered after the weights' upload and conversion.
+
+        PyTorch's pool streams do not synchronise with the device's current stream, on which
+        ``model.to`` queued its copies and dtype conversions: without the wait, the first pass
+        could read weights still being written."""
+        setup = torch.cuda.current_stream(self.device)
+        ready = torch.cuda.Event()
+        ready.record(setup)
+        streams = {"collect": torch.cuda.Stream(self.device), "infer": torch.cuda.Stream(self.device)}
+        for stream in streams.values():
+            stream.wait_event(ready)
+        self.streams = streams
+
+    def deactivate_impl(self) -> None:
+        # Let queued work finish before the model's memory goes back to the caching allocator.
+        for stream in self.streams.values():
+            stream.synchronize()
+        self.streams = {}
         self.model = None
-        super().deactivate()
 
     def describe(self) -> str:
         import torch
 
-        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        device = getattr(self, "device", torch.device(self.device_name))
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         precision = self.precision
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+        if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
             precision += " (emulated: this CPU has no AVX512-BF16/AMX, fp32 is faster)"
         return f"PyTorch {torch.__version__} on {where}, {precision}"
 
@@ -161,9 +189,11 @@ class TorchBackend(Backend):
         if not array.flags.writeable:  # broadcast views (TIN's constant neighbourhoods): torch warns
             array = array.copy()
         tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory()  # pinned, so the copy is asynchronous on this pass's stream
-        return tensor.to(self.device, dtype, non_blocking=True)
+        if self.device.type != "cuda":
+            return tensor.to(self.device, dtype)
+        # Pinned, so the copy is asynchronous on this pass's stream; PyTorch's caching host
+        # allocator keeps the pinned block until the copy that reads it has run.
+        return tensor.pin_memory().to(self.device, dtype, non_blocking=True)
 
     def _tiles(self, tiles: np.ndarray) -> Any:
         import torch
@@ -171,7 +201,7 @@ class TorchBackend(Backend):
         x = self._to_device(tiles, self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def collect(
+    def collect_impl(
         self, tiles: np.ndarray, flavour: CollectFlavour, *, image: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         import torch
@@ -183,7 +213,7 @@ class TorchBackend(Backend):
             # Without the image, only the small statistics cross back to the host.
             return (_host(output) if image else None), _host(mean), _host(std)
 
-    def infer(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
+    def infer_impl(self, tiles: np.ndarray, nbr_mean: np.ndarray, nbr_std: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode(), self._on_stream("infer"):

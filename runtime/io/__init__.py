@@ -3,8 +3,9 @@
 Reading: :func:`open_image` returns an :class:`ImageSource` that serves regions as uint8
 ``[h, w, channels]`` without loading large images (TIFF family read segment by segment; PNG, JPEG
 and other Pillow formats decoded whole, up to 1 gigapixel). Writing: :func:`open_writer` returns a
-writer taking bands top to bottom, producing a tiled BigTIFF (optionally pyramidal) or a small
-PNG/JPEG, written under a temporary name and renamed when complete. :func:`check_output_path`
+writer taking bands top to bottom, producing a tiled BigTIFF (optionally pyramidal, plain or
+OME-TIFF, carrying the pixel size and objective power) or a small PNG/JPEG, written under a
+temporary name and renamed when complete. :func:`check_output_path`
 validates a destination before any work starts.
 """
 

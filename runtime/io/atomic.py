@@ -39,12 +39,10 @@ def _q(path: os.PathLike[str] | str) -> str:
 
 
 def output_kind(path: os.PathLike[str] | str) -> str:
-    """``"tiff"`` or ``"pillow"`` from the destination's suffix; DnrtError for anything else."""
+    """``"tiff"`` or ``"pillow"`` from the destination's suffix; DnrtError for anything else.
+
+    ``.ome.tif`` names are TIFF (written as OME-TIFF: ``writer.output_format``)."""
     name = Path(path).name.lower()
-    if name.endswith((".ome.tif", ".ome.tiff")):
-        raise DnrtError(
-            f"output {_q(path)}: dnrt writes generic tiled TIFF, not OME-TIFF; use a .tif name without .ome"
-        )
     suffix = Path(name).suffix
     if suffix in TIFF_SUFFIXES:
         return "tiff"

@@ -125,6 +125,11 @@ class PyramidBuilder:
             for x in range(0, level.width, t):
                 yield rows[:, x : x + t]
 
+    def pixels(self, index: int) -> np.ndarray:
+        """All of level ``index`` (1-based) at once: for the small levels (a thumbnail)."""
+        level = self.levels[index - 1]
+        return level.read_rows(0, level.height)
+
     def cleanup(self) -> None:
         for level in self.levels:
             with contextlib.suppress(OSError):

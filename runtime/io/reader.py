@@ -1,9 +1,10 @@
 """Opening input images: the :class:`ImageSource` interface, format dispatch and the Pillow path.
 
 TIFF-family files (TIFF, BigTIFF, SVS, OME-TIFF) are recognised by their magic bytes, never by
-suffix, and are read region by region without loading the image (:mod:`.tiffsource`). Every
-other format goes through Pillow and is decoded whole, which is why it is limited to
-:data:`MAX_PILLOW_PIXELS`.
+suffix, and are read region by region without loading the image (:mod:`.tiffsource`). Vendor
+slide formats that tifffile does not read (MRXS, VMS, DICOM, ...) go to OpenSlide
+(:mod:`.slidesource`), also region by region. Every other format goes through Pillow and is
+decoded whole, which is why it is limited to :data:`MAX_PILLOW_PIXELS`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from dnrt.errors import DnrtError
 from dnrt.runtime.io.convert import check_sample_dtype, to_uint8
+from dnrt.runtime.options import READERS
 
 #: Formats decoded whole in memory are refused above this size (PNG/JPEG that large should be a
 #: tiled TIFF: the runtime streams TIFFs, but Pillow can only hand over the whole image).
@@ -54,12 +56,29 @@ class ImageSource:
     resolution: tuple[float, float] | None = None
     #: ``"INCH"``, ``"CENTIMETER"``, ``"NONE"`` ... (tifffile's RESUNIT names), or None.
     resolution_unit: str | int | None = None
+    #: Magnification of the scanner's objective (20, 40, ...) where the file records it, else None.
+    objective_power: float | None = None
     #: Photometric interpretation of what read_region returns: ``"rgb"`` or ``"minisblack"``.
     photometric: str | None = None
     #: Embedded ICC colour profile, copied to the output when present.
     icc_profile: bytes | None = None
     #: One line for logs, e.g. "BigTIFF 16000x16000 RGB uint8, tiled 512x512, zstd".
     description: str = ""
+    # -- slide metadata (issue 17: slide readers and the model's resolution) --------------
+    #: Objective magnification of the pixels read_region returns (the scanner's power divided
+    #: by any level downsample or resampling), or None when the file records none.
+    objective_power: float | None = None
+    #: Which reader serves the pixels ("tifffile", "openslide", "pillow", "array").
+    reader: str = ""
+    #: The pyramid level read (0: full resolution) and every level's (width, height).
+    level: int = 0
+    level_sizes: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        """Microns per pixel (x, y) of the pixels read_region returns, from ``resolution``."""
+        return mpp_from_resolution(self.resolution, self.resolution_unit)
+
     # -- 16-bit intensities (runtime/io/intensity.py has the rules) --
     #: Bits per stored sample: 16 for uint16 input (mapped to 8 bits on read), else 8.
     bits: int = 8
@@ -131,6 +150,36 @@ class ImageSource:
         return f"<{type(self).__name__} {quoted(self.path)}: {self.description}>"
 
 
+#: Microns per resolution unit (TIFF's RESUNIT names; millimetre/micrometre are tifffile's).
+_MICRONS_PER_UNIT = {"INCH": 25400.0, "CENTIMETER": 1e4, "MILLIMETER": 1e3, "MICROMETER": 1.0}
+
+
+def mpp_from_resolution(
+    resolution: tuple[float, float] | None, unit: str | int | None
+) -> tuple[float, float] | None:
+    """Microns per pixel from pixels per unit; None without a physical unit (or a bad value)."""
+    if resolution is None or unit is None:
+        return None
+    name = (
+        {2: "INCH", 3: "CENTIMETER", 4: "MILLIMETER", 5: "MICROMETER"}.get(unit, unit)
+        if isinstance(unit, int)
+        else str(unit).upper()
+    )
+    microns = _MICRONS_PER_UNIT.get(name)
+    try:
+        x, y = float(resolution[0]), float(resolution[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if microns is None or not (x > 0 and y > 0) or not (np.isfinite(x) and np.isfinite(y)):
+        return None
+    return microns / x, microns / y
+
+
+def resolution_from_mpp(mpp: tuple[float, float]) -> tuple[tuple[float, float], str]:
+    """Pixels per centimetre (TIFF's resolution tags) for microns per pixel."""
+    return (1e4 / mpp[0], 1e4 / mpp[1]), "CENTIMETER"
+
+
 def _is_range(index: np.ndarray, start: int) -> bool:
     return bool(np.array_equal(index, np.arange(start, start + index.size)))
 
@@ -161,6 +210,8 @@ class ArraySource(ImageSource):
         self.resolution_unit = resolution_unit
         self.icc_profile = icc_profile
         self.description = description or f"array {self.width}x{self.height}x{self.channels} uint8"
+        self.reader = "array"
+        self.level_sizes = ((self.width, self.height),)
 
     def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self._array[y0:y1, x0:x1].copy()
@@ -190,22 +241,101 @@ class Uint16ArraySource(ArraySource):
 
 
 # -- opening ------------------------------------------------------------------------------
+# ``--reader`` choices (READERS, from the options): ``auto`` picks by content (see open_image).
+#: TIFF layouts that tifffile parses but whose slide OpenSlide assembles better: Leica SCN (the
+#: first series may be the macro image) and Ventana BIF (overlapping tiles to stitch).
+_OPENSLIDE_TIFF_FLAVOURS = ("scn", "bif")
+
+
+class MissingLevel(DnrtError):
+    """A pyramid level that the image does not have (``--level``): a usage error, exit 2."""
+
+    def __init__(self, name: str, level: int, count: int) -> None:
+        plural = "s" if count != 1 else ""
+        super().__init__(
+            f"{name} has no level {level}: it has {count} level{plural} (0-{count - 1})", exit_code=2
+        )
+
+
 def open_image(
-    path: os.PathLike[str] | str, *, cache_bytes: int | None = DEFAULT_CACHE_BYTES, workers: int | None = None
+    path: os.PathLike[str] | str,
+    *,
+    cache_bytes: int | None = DEFAULT_CACHE_BYTES,
+    workers: int | None = None,
+    reader: str = "auto",
+    level: int = 0,
 ) -> ImageSource:
     """Open an input image for region reads; every problem becomes a one-line :class:`DnrtError`.
 
     ``cache_bytes`` bounds the decoded TIFF segments kept for reuse (default: two rows of stored
     tiles or strips, see :data:`DEFAULT_CACHE_BYTES`); ``workers`` is the number of
-    threads decoding TIFF segments in parallel (default: up to 4, fewer on small machines).
+    threads decoding segments in parallel (default: up to 4, fewer on small machines).
+
+    ``reader`` (one of :data:`READERS`) and ``level`` (the pyramid level, 0 = full resolution)
+    are the slide options. ``auto`` decides by content, never by suffix: TIFF-family files go to
+    tifffile (OpenSlide when tifffile cannot read them, or for Leica SCN and Ventana BIF); other
+    files go to OpenSlide when it recognises a vendor format (MRXS, VMS/VMU, DICOM, ...), else to
+    Pillow.
     """
     path = Path(path)
+    if reader not in READERS:
+        raise DnrtError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}", exit_code=2)
+    if level < 0:
+        raise DnrtError(f"--level must be 0 or more, got {level}", exit_code=2)
     magic = _read_magic(path)
-    if magic in _TIFF_MAGIC:
-        from dnrt.runtime.io.tiffsource import open_tiff
+    is_tiff = magic in _TIFF_MAGIC
+    if reader == "openslide":
+        from dnrt.runtime.io.slidesource import open_openslide
 
-        return open_tiff(path, cache_bytes=cache_bytes, workers=workers)
-    return open_pillow(path)
+        return open_openslide(path, level=level, workers=workers)
+    if reader == "tifffile":
+        if not is_tiff:
+            raise DnrtError(f"{quoted(path)} is not a TIFF-family file; the tifffile reader reads only those")
+        return _open_tiff(path, cache_bytes, workers, level)
+    if is_tiff:
+        return _open_tiff_auto(path, cache_bytes, workers, level)
+    from dnrt.runtime.io.slidesource import openslide_vendor
+
+    if openslide_vendor(path) is not None:
+        from dnrt.runtime.io.slidesource import open_openslide
+
+        return open_openslide(path, level=level, workers=workers)
+    source = open_pillow(path)
+    if level != 0:
+        source.close()
+        raise MissingLevel(quoted(path), level, 1)
+    return source
+
+
+def _open_tiff(path: Path, cache_bytes: int | None, workers: int | None, level: int) -> ImageSource:
+    from dnrt.runtime.io.tiffsource import open_tiff
+
+    return open_tiff(path, cache_bytes=cache_bytes, workers=workers, level=level)
+
+
+def _open_tiff_auto(path: Path, cache_bytes: int | None, workers: int | None, level: int) -> ImageSource:
+    """tifffile first; OpenSlide where tifffile fails on a vendor slide OpenSlide recognises (a
+    generic TIFF that tifffile cannot read keeps tifffile's message, which says what is wrong)."""
+    from dnrt.runtime.io.slidesource import open_openslide, openslide_vendor
+
+    try:
+        source = _open_tiff(path, cache_bytes, workers, level)
+    except MissingLevel:
+        raise
+    except DnrtError:
+        if openslide_vendor(path) in (None, "generic-tiff"):
+            raise
+        try:
+            return open_openslide(path, level=level, workers=workers)
+        except MissingLevel:
+            raise
+        except DnrtError:
+            pass
+        raise
+    if getattr(source, "flavour", "") in _OPENSLIDE_TIFF_FLAVOURS and openslide_vendor(path) is not None:
+        source.close()
+        return open_openslide(path, level=level, workers=workers)
+    return source
 
 
 def _read_magic(path: Path) -> bytes:
@@ -245,7 +375,8 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
                 img = Image.open(path)
             except UnidentifiedImageError:
                 raise DnrtError(
-                    f"{name} is not an image dnrt can read (neither TIFF nor a format Pillow recognizes)"
+                    f"{name} is not an image dnrt can read (neither TIFF, a slide format OpenSlide "
+                    "recognizes, nor a format Pillow recognizes)"
                 ) from None
             except (OSError, ValueError, SyntaxError) as exc:
                 raise DnrtError(f"{name} could not be opened as an image: {_short(exc)}") from None
@@ -279,10 +410,12 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
 
         desc = f"{fmt} {width}x{height} {mode} uint16"
         declared = declared_range_of_bits(png_significant_bits(path)) if fmt == "PNG" else None
-        return Uint16ArraySource(
+        source = Uint16ArraySource(
             array, path=path, description=desc, resolution=resolution, resolution_unit=unit, declared=declared
         )
-    return ArraySource(
+        source.reader = "pillow"
+        return source
+    source = ArraySource(
         array,
         path=path,
         description=desc,
@@ -290,6 +423,8 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
         resolution_unit=unit,
         icc_profile=info.get("icc_profile") or None,
     )
+    source.reader = "pillow"
+    return source
 
 
 def _pillow_pixels(img: Any, name: str) -> tuple[np.ndarray, str]:

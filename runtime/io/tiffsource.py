@@ -33,7 +33,7 @@ import numpy as np
 
 from dnrt.errors import DnrtError
 from dnrt.runtime.io.convert import check_sample_dtype, palette_lut, to_uint8
-from dnrt.runtime.io.reader import ImageSource, _short, quoted
+from dnrt.runtime.io.reader import ImageSource, MissingLevel, _short, quoted
 
 #: Target size of a synthetic strip cut from contiguous uncompressed data.
 _SYNTHETIC_STRIP_BYTES = 4 << 20
@@ -260,7 +260,10 @@ class _Plane:
 
 
 class TiffSource(ImageSource):
-    """Region reader for one 2-D image of a TIFF-family file (series 0, full resolution)."""
+    """Region reader for one 2-D image of a TIFF-family file (series 0, one pyramid level)."""
+
+    #: The vendor layout tifffile recognised ("svs", "ome", "ndpi", "scn", "philips", "bif") or "".
+    flavour: str = ""
 
     def __init__(self, path: Path, tif: Any, cache_bytes: int | None, workers: int | None) -> None:
         super().__init__()
@@ -368,8 +371,8 @@ class TiffSource(ImageSource):
                 self._tif = None
 
 
-def open_tiff(path: Path, *, cache_bytes: int | None, workers: int | None) -> TiffSource:
-    """Open series 0, level 0 of a TIFF-family file; every problem is a one-line DnrtError."""
+def open_tiff(path: Path, *, cache_bytes: int | None, workers: int | None, level: int = 0) -> TiffSource:
+    """Open series 0 of a TIFF-family file at pyramid ``level``; every problem is a one-line DnrtError."""
     import tifffile
 
     name = quoted(path)
@@ -379,7 +382,7 @@ def open_tiff(path: Path, *, cache_bytes: int | None, workers: int | None) -> Ti
         except Exception as exc:  # TiffFileError, struct.error, ValueError, ... for damaged headers
             raise DnrtError(f"{name} is a damaged or truncated TIFF ({_short(exc)})") from None
         try:
-            return _build_source(path, tif, cache_bytes, workers)
+            return _build_source(path, tif, cache_bytes, workers, level)
         except DnrtError:
             tif.close()
             raise
@@ -401,7 +404,9 @@ def _quiet_tifffile() -> Iterator[None]:
         logger.setLevel(saved)
 
 
-def _build_source(path: Path, tif: Any, cache_bytes: int | None, workers: int | None) -> TiffSource:
+def _build_source(
+    path: Path, tif: Any, cache_bytes: int | None, workers: int | None, level_index: int = 0
+) -> TiffSource:
     import tifffile
 
     name = quoted(path)
@@ -410,7 +415,10 @@ def _build_source(path: Path, tif: Any, cache_bytes: int | None, workers: int | 
     series = tif.series
     if not series:
         raise DnrtError(f"{name} is a TIFF without any image")
-    level = series[0].levels[0]
+    levels = series[0].levels
+    if not 0 <= level_index < len(levels):
+        raise MissingLevel(name, level_index, len(levels))
+    level = levels[level_index]
     pages = [p for p in level.pages if p is not None]
     if not pages:
         raise DnrtError(f"{name} is a TIFF without any image")
@@ -442,7 +450,21 @@ def _build_source(path: Path, tif: Any, cache_bytes: int | None, workers: int | 
         source._cache_bytes = (8 << 20) + sum(2 * plane.segment_row_bytes() for plane, _ in source._planes)
     first = source._planes[0][0]
     source.height, source.width = height, width
-    source.resolution, source.resolution_unit = _resolution(tif, keyframe)
+    # Slide metadata (issue 17): reduced levels report level 0's resolution scaled by their size,
+    # whatever their own tags say (SVS levels carry none).
+    base = levels[0].keyframe
+    base_h, base_w = int(base.imagelength), int(base.imagewidth)
+    source.level, source.reader = level_index, "tifffile"
+    source.level_sizes = tuple((int(lv.keyframe.imagewidth), int(lv.keyframe.imagelength)) for lv in levels)
+    resolution, source.resolution_unit = _resolution(tif, base)
+    if resolution is not None:
+        resolution = (resolution[0] * width / base_w, resolution[1] * height / base_h)
+    source.resolution = resolution
+    power = _objective_power(tif, base)
+    source.objective_power = None if power is None else power * (width + height) / (base_w + base_h)
+    source.flavour = next(
+        (f for f in ("svs", "ome", "ndpi", "scn", "philips", "bif") if getattr(tif, "is_" + f, False)), ""
+    )
     source.icc_profile = keyframe.iccprofile or None
     kind = "BigTIFF" if tif.is_bigtiff else "TIFF"
     flavour = next(
@@ -450,6 +472,8 @@ def _build_source(path: Path, tif: Any, cache_bytes: int | None, workers: int | 
     )
     if flavour:
         kind += f" ({flavour.upper() if flavour in ('svs', 'ome') else flavour})"
+    if len(levels) > 1:
+        kind += f" level {level_index} of {len(levels)}"
     layout = (
         f"tiled {first.seg_h}x{first.seg_w}"
         if first.tiled
@@ -561,5 +585,32 @@ def _microns_per_pixel(tif: Any, page: Any) -> tuple[float, float] | None:
             if values[0] > 0 and values[1] > 0:
                 return values[0], values[1]
     except (KeyError, ValueError, StopIteration, TypeError, SyntaxError, ImportError):
+        return None
+    return None
+
+
+def _objective_power(tif: Any, page: Any) -> float | None:
+    """The objective's magnification: Aperio's ``AppMag``, or OME's ``NominalMagnification``
+    (of the objective the first image refers to, else of the only one)."""
+    try:
+        if tif.is_svs and page.description:
+            from tifffile.tifffile import svs_description_metadata
+
+            power = float(svs_description_metadata(page.description)["AppMag"])
+            return power if power > 0 else None
+        if tif.is_ome and tif.ome_metadata:
+            import xml.etree.ElementTree as ET
+
+            root = ET.fromstring(tif.ome_metadata)
+            local = {el: el.tag.rsplit("}", 1)[-1] for el in root.iter()}
+            objectives = {el.get("ID"): el for el, tag in local.items() if tag == "Objective"}
+            chosen = next((el.get("ID") for el, tag in local.items() if tag == "ObjectiveSettings"), None)
+            objective = objectives.get(chosen) if chosen else None
+            if objective is None and len(objectives) == 1:
+                objective = next(iter(objectives.values()))
+            if objective is not None and objective.get("NominalMagnification"):
+                power = float(objective.get("NominalMagnification"))
+                return power if power > 0 else None
+    except (KeyError, ValueError, TypeError, SyntaxError, ImportError):
         return None
     return None

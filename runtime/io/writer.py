@@ -12,12 +12,22 @@ each TIFF tile as soon as its columns are. Encoding then overlaps with the model
 same band; otherwise the last band's encoding would only start once the model has finished, a
 tail in which one core works alone.
 
-Pyramids (``pyramid=True``): the reduced levels are computed while level 0 streams (see
-:mod:`.pyramid`) and written after it as further TIFF directories with ``NewSubfileType = 1``
-(reduced resolution) in the main IFD chain. That is the layout OpenSlide's generic-TIFF driver
-reads (it walks the main IFD chain and ignores SubIFDs), which QuPath reads through OpenSlide,
-and which tifffile groups into ``series[0].levels``. ``subifds=True`` stores the levels as SubIFDs
-of level 0 instead (the OME-TIFF convention; readable by tifffile and Bio-Formats, not OpenSlide).
+Pyramids (``pyramid=True``; ``None``: only for slide-sized outputs, see :func:`wants_pyramid`):
+the reduced levels are computed while level 0 streams (see :mod:`.pyramid`) and written after
+it. Where they go depends on the format and on what is known about the pixels' size
+(:mod:`.slidemeta`):
+
+- plain TIFF, pixel size and objective power unknown: further directories with
+  ``NewSubfileType = 1`` (reduced resolution) in the main IFD chain. That is the layout
+  OpenSlide's generic-TIFF driver reads (it walks the main IFD chain and ignores SubIFDs),
+  which QuPath reads through OpenSlide, and which tifffile groups into ``series[0].levels``;
+- plain TIFF with a physical pixel size or an objective power: Aperio's layout, so that
+  OpenSlide reports ``openslide.mpp-x/y`` and ``openslide.objective-power``: an Aperio-style
+  description on level 0, a small stripped thumbnail as directory 1 (where OpenSlide's aperio
+  driver and tifffile's SVS parser expect it), then the levels as tiled directories;
+- OME-TIFF (``ome=True``): OME-XML on level 0 and the levels as its SubIFDs (the layout
+  QuPath and Bio-Formats prefer; OpenSlide sees level 0 only). ``subifds=True`` stores the
+  levels as SubIFDs of a plain TIFF.
 
 Compression names (``--compression``): ``zlib`` (default, lossless; alias ``deflate``), ``none``,
 ``lzw``, ``zstd``, ``jpeg`` (quality 90, YCbCr 4:2:0), ``webp`` (lossless); ``NAME:LEVEL`` sets
@@ -46,6 +56,7 @@ import numpy as np
 
 from dnrt.errors import DnrtError
 from dnrt.runtime.io.atomic import (
+    TIFF_SUFFIXES,
     check_output_path,
     commit,
     create_temp,
@@ -55,6 +66,8 @@ from dnrt.runtime.io.atomic import (
 )
 from dnrt.runtime.io.pyramid import PyramidBuilder
 from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ImageSource, _short, quoted
+from dnrt.runtime.io.slidemeta import aperio_description, ome_xml, output_metadata
+from dnrt.runtime.options import OUTPUT_FORMATS
 
 #: Bytes of bands waiting for the writer thread before write_band blocks (at least one band).
 DEFAULT_QUEUE_BYTES = 48 << 20
@@ -168,6 +181,55 @@ def check_compression(path: os.PathLike[str] | str, compression: str | None) -> 
     return Compression(compression)
 
 
+# -- slide outputs: the default pyramid and the output format -----------------------------
+#: An output is slide-sized, and gets a pyramid unless told otherwise, when either side is longer
+#: than this many writer tiles (2048 px with the default 512-px tile). Below that a viewer shows
+#: the whole image from level 0 at once, and levels would only add directories.
+SLIDE_SIZED_TILES = 4
+
+
+def wants_pyramid(height: int, width: int, tile: int, pyramid: bool | None) -> bool:
+    """``pyramid`` when given; for None, whether the output is slide-sized (:data:`SLIDE_SIZED_TILES`)."""
+    if pyramid is None:
+        return max(height, width) > SLIDE_SIZED_TILES * tile
+    return bool(pyramid)
+
+
+def is_ome_name(path: os.PathLike[str] | str) -> bool:
+    """Whether the name says OME-TIFF (``.ome.tif`` or ``.ome.tiff``, any case)."""
+    return Path(path).name.lower().endswith((".ome.tif", ".ome.tiff"))
+
+
+def output_format(path: os.PathLike[str] | str, fmt: str | None = None) -> str:
+    """``"tiff"``, ``"ome-tiff"`` or ``"pillow"`` (PNG/JPEG) for the output ``path`` and the
+    requested ``fmt`` (None: by the name). DnrtError (exit 2) for a format that does not fit."""
+    kind = output_kind(path)
+    if fmt is not None:
+        fmt = str(fmt).strip().lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise _usage(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if kind == "pillow":
+        if fmt is not None:
+            raise _usage(f"format {fmt} needs a TIFF output (.tif), not {quoted(path)}")
+        return "pillow"
+    if fmt is None:
+        return "ome-tiff" if is_ome_name(path) else "tiff"
+    if fmt == "tiff" and is_ome_name(path):
+        raise _usage(
+            f"output {quoted(path)} is named as an OME-TIFF; use format ome-tiff or a name without .ome"
+        )
+    return fmt
+
+
+def _image_name(dest: Path) -> str:
+    """The output's name without its TIFF suffixes (the OME-XML image name)."""
+    name = dest.name
+    for suffix in (".ome.tiff", ".ome.tif", *TIFF_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
 class _Aborted(Exception):
     """Raised inside the writer thread to stop tifffile when the output is abandoned."""
 
@@ -205,6 +267,7 @@ class TileWriter:
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         workers: int | None = None,
         subifds: bool = False,
+        ome: bool = False,
     ) -> None:
         self.dest = dest
         self.height, self.width, self.channels = height, width, channels
@@ -214,8 +277,9 @@ class TileWriter:
         self.rows_received = 0
         self._queue_bytes = max(1, int(queue_bytes))
         self._workers = workers
-        self._subifds = subifds
-        self._source_meta = _metadata_from(source, channels)
+        self._subifds = subifds or ome  # OME-TIFF keeps its levels in SubIFDs
+        self._ome = ome
+        self._meta = output_metadata(source, channels)
 
         self._queue: collections.deque[_Band | None] = collections.deque()
         self._filling: _Band | None = None  # the band open_band handed over, until it is complete
@@ -478,35 +542,71 @@ class TileWriter:
                 # its default (512 MB) would buffer most of a large image.
                 "buffersize": max(min(row_bytes, 32 << 20), tile_bytes * 4),
             }
-            resolution, unit, icc = self._source_meta
+            meta = self._meta
+            icc = meta.icc_profile
             extratags = [(34675, 7, len(icc), icc, True)] if icc else []
             levels = self._pyramid.levels if self._pyramid is not None else []
+            # Aperio's layout for a plain TIFF with a physical pixel size or objective power
+            # (see the module docstring): the description and the thumbnail in directory 1.
+            aperio = meta.is_physical and not self._subifds
+            if self._ome:
+                description = ome_xml(self.width, self.height, self.channels, meta, _image_name(self.dest))
+            elif aperio:
+                description = aperio_description(
+                    self.width, self.height, self.tile, comp.name, self.channels, meta
+                )
+            else:
+                description = None
+
+            def scaled(width: int, height: int) -> tuple[float, float] | None:
+                if meta.resolution is None:
+                    return None
+                x, y = meta.resolution
+                return x * width / self.width, y * height / self.height
+
+            def reduced_description(width: int, height: int) -> str | None:
+                if not aperio:
+                    return None
+                return aperio_description(
+                    self.width, self.height, self.tile, comp.name, self.channels, meta, (width, height)
+                )
+
             with tifffile.TiffWriter(self.temp, bigtiff=True) as tw:
                 tw.write(
                     self._level0_tiles(),
                     shape=self._shape(self.height, self.width),
-                    resolution=resolution,
-                    resolutionunit=unit,
+                    description=description,
+                    resolution=meta.resolution,
+                    resolutionunit=meta.unit,
                     extratags=extratags,
                     subifds=len(levels) if (levels and self._subifds) else None,
                     **common,
                 )
                 if self._pyramid is not None:
                     self._pyramid.finish()
+                if aperio and levels:
+                    # The smallest level (one tile at most) as the stripped thumbnail.
+                    small = levels[-1]
+                    shape = self._shape(small.height, small.width)
+                    tw.write(
+                        self._pyramid.pixels(len(levels)).reshape(shape),  # type: ignore[union-attr]
+                        shape=shape,
+                        description=reduced_description(small.width, small.height),
+                        resolution=scaled(small.width, small.height),
+                        resolutionunit=meta.unit,
+                        **{**common, "tile": None},
+                    )
                 for i, level in enumerate(levels, start=1):
-                    scaled = None
-                    if resolution is not None:
-                        scaled = (
-                            resolution[0] * level.width / self.width,
-                            resolution[1] * level.height / self.height,
-                        )
                     assert self._pyramid is not None
                     tw.write(
                         self._pyramid.tiles(i, stop=self._stop_if_aborting),
                         shape=self._shape(level.height, level.width),
-                        subfiletype=1,
-                        resolution=scaled,
-                        resolutionunit=unit,
+                        # Aperio marks its levels as full images (tifffile's SVS parser stops
+                        # at the first reduced one); elsewhere they are reduced-resolution.
+                        subfiletype=0 if aperio else 1,
+                        description=reduced_description(level.width, level.height),
+                        resolution=scaled(level.width, level.height),
+                        resolutionunit=meta.unit,
                         **common,
                     )
         except BaseException as exc:  # surfaced to the caller on its next call
@@ -651,18 +751,22 @@ def open_writer(
     *,
     tile: int = 512,
     compression: str | None = "zlib",
-    pyramid: bool = False,
+    pyramid: bool | None = False,
     source: ImageSource | None = None,
     overwrite: bool = False,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
     workers: int | None = None,
     subifds: bool = False,
+    fmt: str | None = None,
 ) -> TileWriter | PillowWriter:
     """Open the output for band-by-band writing (see the module docstring for the options).
 
-    ``source`` supplies the resolution (and unit) and ICC profile to copy. ``workers`` is the
-    number of compression threads (default: tifffile's choice, about half the cores).
+    ``source`` supplies the resolution (and unit), objective power and ICC profile to carry.
+    ``pyramid=None`` writes levels for slide-sized outputs only (:func:`wants_pyramid`); ``fmt``
+    is ``"tiff"`` or ``"ome-tiff"`` (None: by the name, :func:`output_format`). ``workers`` is
+    the number of compression threads (default: tifffile's choice, about half the cores).
     """
+    kind = output_format(path, fmt)
     dest = check_output_path(path, overwrite)
     height, width, channels, tile = int(height), int(width), int(channels), int(tile)
     if height <= 0 or width <= 0:
@@ -671,8 +775,8 @@ def open_writer(
         raise DnrtError(f"dnrt writes RGB or grey images, not {channels} channels")
     if tile < 16 or tile % 16:
         raise DnrtError(f"the TIFF tile size must be a positive multiple of 16 (got {tile})")
-    if output_kind(dest) == "pillow":
-        if pyramid:
+    if kind == "pillow":
+        if pyramid:  # asked for explicitly (None: only where they fit)
             raise DnrtError(f"pyramid levels need a TIFF output, not {quoted(dest)}")
         return PillowWriter(
             dest, height, width, channels, compression=compression, source=source, overwrite=overwrite
@@ -684,10 +788,11 @@ def open_writer(
         channels,
         tile=tile,
         compression=compression,
-        pyramid=pyramid,
+        pyramid=wants_pyramid(height, width, tile, pyramid),
         source=source,
         overwrite=overwrite,
         queue_bytes=queue_bytes,
         workers=workers,
         subifds=subifds,
+        ome=kind == "ome-tiff",
     )

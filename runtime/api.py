@@ -17,6 +17,7 @@ leaves no output behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -37,6 +38,7 @@ from dnrt.runtime.options import FILE_FIELDS, TranslateOptions
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
+from dnrt.runtime.tissue import TissueMask, check_mask_path, resolve_background
 from dnrt.semantics import Mode
 
 __all__ = ["Cancelled", "ProgressCallback", "TranslateOptions", "TranslateReport", "Translator", "translate"]
@@ -65,6 +67,7 @@ class TranslateReport:
     rows: int
     cols: int
     tiles: int
+    #: Network runs over tiles (KIN and DN run each tile twice; skipped tiles run none).
     tile_runs: int
     seconds: dict[str, float] = field(default_factory=dict)
     megapixels_per_s: float = 0.0
@@ -80,6 +83,17 @@ class TranslateReport:
     # Slide reading (issue 17): reader, level, source / level / processed microns per pixel,
     # resampling, notes (ResolutionChoice.to_dict()); None for in-memory images.
     resolution: dict[str, Any] | None = None
+    # -- background skipping (docs/semantics.md section 11)
+    #: ``skip`` or ``translate``: what ``background`` (``auto`` by default) chose for this image.
+    background: str = "translate"
+    #: Fraction of the image's area detected as tissue; None when tissue was not looked for.
+    tissue_fraction: float | None = None
+    #: Tiles filled with ``background_fill`` without running the network.
+    tiles_skipped: int = 0
+    #: The colour (one value per output channel) skipped tiles were filled with.
+    background_fill: list[int] | None = None
+    #: Where the tissue mask PNG was written, if asked for.
+    tissue_mask: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -275,7 +289,10 @@ class Translator:
             kin_kernel=opts.kin_kernel,
             kin_kernel_type=opts.kin_kernel_type,
             overlap=opts.overlap,
+            tissue_threshold=opts.tissue_threshold,
         )
+        #: The tissue mask of the last run, when tissue was looked for (background skipping).
+        self.last_tissue: TissueMask | None = None
         # Tell the backend what it will run before it loads anything: the graphs of the mode, and
         # one or two concurrent passes.
         self.backend.expect_graphs(graphs_for(opts.mode))
@@ -333,16 +350,27 @@ class Translator:
         )
 
     def _run(
-        self, source: Any, sink: Any, plan: TilePlan | None = None, **report_extra: Any
+        self,
+        source: Any,
+        sink: Any,
+        plan: TilePlan | None = None,
+        tissue_mask: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        **report_extra: Any,
     ) -> TranslateReport:
         manifest = self.bundle.manifest
         if plan is None:
             self._check_source(source)
             plan = self._plan(source)
+        # -- background skipping: decided for this image; tissue is detected when a mask is asked for
+        background = resolve_background(self.options.background, source, self.tile)
+        schedule_options = dataclasses.replace(
+            self.schedule_options, background=background, detect_tissue=tissue_mask is not None
+        )
         self.open()
         times = PhaseTimes()
         start = time.perf_counter()
-        scheduler = Scheduler(self.backend, plan, self.schedule_options, times=times)
+        scheduler = Scheduler(self.backend, plan, schedule_options, times=times)
         with Progress(scheduler.total_tile_runs, enabled=self.progress) as bar:
             scheduler.progress = bar
             hook = (
@@ -366,6 +394,13 @@ class Translator:
                 t0 = time.perf_counter()
                 closer()
                 times.add("write", time.perf_counter() - t0)
+            self.last_tissue = scheduler.tissue
+            if tissue_mask is not None and scheduler.tissue is not None:
+                from dnrt.runtime.tissue import write_mask_png
+
+                t0 = time.perf_counter()
+                write_mask_png(scheduler.tissue, tissue_mask, overwrite=overwrite)
+                times.add("write", time.perf_counter() - t0)
         total = time.perf_counter() - start
         seconds = {k: round(v, 4) for k, v in times.as_dict().items()}
         seconds["total"] = round(total, 4)
@@ -382,7 +417,7 @@ class Translator:
             rows=plan.rows,
             cols=plan.cols,
             tiles=plan.tiles,
-            tile_runs=scheduler.total_tile_runs,
+            tile_runs=scheduler.tile_runs,
             seconds=seconds,
             megapixels_per_s=round(source.height * source.width / 1e6 / total, 3) if total > 0 else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
@@ -390,6 +425,13 @@ class Translator:
             margin_source=self.margin_source,
             degenerate=self.options.degenerate.value if self.options.mode is Mode.DN else None,
             degenerate_ratio=self.options.degenerate_ratio if self.options.mode is Mode.DN else None,
+            background=background,
+            tissue_fraction=None if scheduler.tissue is None else round(scheduler.tissue.tissue_fraction, 4),
+            tiles_skipped=scheduler.tiles_skipped,
+            background_fill=None
+            if not scheduler.tiles_skipped or scheduler.background_fill is None
+            else [int(v) for v in scheduler.background_fill],
+            tissue_mask=None if tissue_mask is None else str(tissue_mask),
             **report_extra,
         )
         self.last_report = report
@@ -414,13 +456,16 @@ class Translator:
         self,
         input: str | os.PathLike,
         output: str | os.PathLike,
+        tissue_mask: str | os.PathLike | None = None,
         **settings: Any,
     ) -> TranslateReport:
         """Translate an image file into a tiled (Big)TIFF; the output appears only when complete.
 
         ``settings``: the file-level fields of :class:`~dnrt.runtime.options.TranslateOptions`
         (output: compression, pyramid, output_format, overwrite, writer_tile; slide reading:
-        reader, level, mpp, assume_mpp, allow_upsample), defaulting to this translator's."""
+        reader, level, mpp, assume_mpp, allow_upsample), defaulting to this translator's.
+        ``tissue_mask``: also write the tissue mask there as a PNG (docs/semantics.md section
+        11), atomically."""
         per_model = sorted(
             k for k in settings if k in TranslateOptions.field_names() and k not in FILE_FIELDS
         )
@@ -431,9 +476,13 @@ class Translator:
         options = _options(self.options, settings)
         input, output = _file_arg("input", input), _file_arg("output", output)
         _check_output(output, options, input)
+        if tissue_mask is not None:
+            check_mask_path(_file_arg("tissue_mask", tissue_mask), options.overwrite, input, output)
         source, choice = _open_source(input, options, self.bundle.manifest.mpp)
         with source:
-            return self._translate_source(source, input, output, options, resolution=choice.to_dict())
+            return self._translate_source(
+                source, input, output, options, resolution=choice.to_dict(), tissue_mask=tissue_mask
+            )
 
     def _translate_source(
         self,
@@ -442,6 +491,7 @@ class Translator:
         output: str | os.PathLike,
         options: TranslateOptions,
         resolution: dict[str, Any] | None = None,
+        tissue_mask: str | os.PathLike | None = None,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
         from dnrt.runtime.io.intensity import prepare_source
@@ -471,7 +521,14 @@ class Translator:
         try:
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
             return self._run(
-                source, writer, plan=plan, input=str(input), output=str(output), resolution=resolution
+                source,
+                writer,
+                plan=plan,
+                tissue_mask=tissue_mask,
+                overwrite=options.overwrite,
+                input=str(input),
+                output=str(output),
+                resolution=resolution,
             )
         except BaseException:
             writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
@@ -527,6 +584,7 @@ def translate(
     progress: bool | None = False,
     backend_options: dict[str, Any] | None = None,
     on_progress: ProgressCallback | None = None,
+    tissue_mask: str | os.PathLike | None = None,
     **settings: Any,
 ) -> TranslateReport:
     """Translate the image file ``input`` into ``output`` (tiled BigTIFF, or PNG/JPEG) with a bundle.
@@ -534,10 +592,12 @@ def translate(
     ``options`` (a :class:`~dnrt.runtime.options.TranslateOptions`) and/or its fields as
     keywords (mode, schedule, backend, tile, margin, margin_source, batch, kin_kernel,
     kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads, precision,
-    device; output: compression, pyramid, output_format, overwrite, writer_tile; slide reading:
-    reader, level, mpp, assume_mpp, allow_upsample; gray images: to_gray, intensity_range); ``progress``, ``backend_options`` and
-    ``on_progress`` as for :class:`Translator`. Checks run cheapest first: the options, the
-    output path, then the input image, then the bundle, then the backend loads.
+    device, background, tissue_threshold; output: compression, pyramid, output_format,
+    overwrite, writer_tile; slide reading: reader, level, mpp, assume_mpp, allow_upsample;
+    gray images: to_gray, intensity_range); ``progress``, ``backend_options`` and
+    ``on_progress`` as for :class:`Translator`; ``tissue_mask``: also write the tissue mask PNG
+    there. Checks run cheapest first: the options, the output path, then the input image, then
+    the bundle, then the backend loads.
 
     Slides: ``reader`` is ``auto`` (by content), ``tifffile`` or ``openslide``; ``level`` reads
     that pyramid level; ``mpp`` (default: the bundle's training resolution, unless ``level`` is
@@ -552,6 +612,8 @@ def translate(
     resolved = _options(options, settings)
     input, output = _file_arg("input", input), _file_arg("output", output)
     _check_output(output, resolved, input)
+    if tissue_mask is not None:
+        check_mask_path(_file_arg("tissue_mask", tissue_mask), resolved.overwrite, input, output)
     loaded: list[Bundle] = []
 
     def bundle_mpp() -> float | None:
@@ -570,6 +632,8 @@ def translate(
             on_progress=on_progress,
         )
         try:
-            return translator._translate_source(source, input, output, resolved, resolution=choice.to_dict())
+            return translator._translate_source(
+                source, input, output, resolved, resolution=choice.to_dict(), tissue_mask=tissue_mask
+            )
         finally:
             translator.close()

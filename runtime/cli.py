@@ -32,6 +32,7 @@ from dnrt.runtime.options import (
     SCHEDULES,
     TranslateOptions,
 )
+from dnrt.runtime.tissue import BACKGROUND_CHOICES
 
 #: The defaults shown in --help are the options' own.
 _DEFAULTS = TranslateOptions()
@@ -195,6 +196,22 @@ _TRANSLATION_OPTIONS = (
         show_default=True,
         help="Edge of the output TIFF's own tiles (a multiple of 16).",
     ),
+    # -- background skipping (docs/semantics.md section 11)
+    click.option(
+        "--background",
+        type=click.Choice(BACKGROUND_CHOICES, case_sensitive=False),
+        default=_DEFAULTS.background,
+        show_default=True,
+        help="skip: no network on tiles without tissue, filled with the model's translation of glass; "
+        "translate: every tile; auto: skip on slides (microscope resolution metadata, over 4 tiles long).",
+    ),
+    click.option(
+        "--tissue-threshold",
+        type=float,
+        default=_DEFAULTS.tissue_threshold,
+        show_default=True,
+        help="A tile is background when at most this fraction of it (and its margin) is tissue.",
+    ),
     click.option("--overwrite", is_flag=True, help="Replace an existing output."),
     # Gray images (issue 14): RGB into a 1-channel model, 16-bit intensity ranges.
     click.option(
@@ -271,10 +288,21 @@ def options_from_cli(settings: dict[str, Any]) -> TranslateOptions:
     help="Model bundle directory (export-model).",
 )
 @translation_options
+@click.option(
+    "--tissue-mask",
+    type=click.Path(path_type=Path),
+    help="Also write the tissue mask as a PNG here (255 tissue, 128 glass in translated tiles, 0 skipped).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON on stdout.")
 def translate_command(
-    input: Path, output: Path, model: Path, quiet: bool, as_json: bool, **settings: Any
+    input: Path,
+    output: Path,
+    model: Path,
+    tissue_mask: Path | None,
+    quiet: bool,
+    as_json: bool,
+    **settings: Any,
 ) -> None:
     """Translate INPUT tile by tile with a model bundle, writing OUTPUT of the same size."""
     options = options_from_cli(settings)
@@ -288,7 +316,9 @@ def translate_command(
         from dnrt.runtime.api import translate
 
         with signals_interrupt():  # SIGTERM and SIGHUP unwind (and clean up) like Ctrl-C
-            report = translate(input, output, model, options, progress=False if quiet else None)
+            report = translate(
+                input, output, model, options, progress=False if quiet else None, tissue_mask=tissue_mask
+            )
     except DnrtError as exc:
         raise CliError(str(exc), exc.exit_code) from None
     except KeyboardInterrupt as exc:
@@ -319,9 +349,16 @@ def translate_command(
                 err=True,
             )
         s = report.seconds
+        background = ""
+        if report.tissue_fraction is not None:
+            background = (
+                f", tissue {100 * report.tissue_fraction:.1f} %, {report.tiles_skipped} of {report.tiles} "
+                "tiles skipped"
+            )
         click.echo(
             f"{output}: {report.width} x {report.height}, {report.tiles} tiles, mode {report.mode}, "
-            f"{report.schedule}, {s['total']:.2f} s ({report.megapixels_per_s:.2f} MP/s) on {report.backend}",
+            f"{report.schedule}, {s['total']:.2f} s ({report.megapixels_per_s:.2f} MP/s) on {report.backend}"
+            f"{background}",
             err=True,
         )
 

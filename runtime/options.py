@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from dnrt.errors import DnrtError
+from dnrt.runtime.tissue import BACKGROUND_CHOICES, TISSUE_THRESHOLD_DEFAULT
 from dnrt.semantics import (
     DEGENERATE_DEFAULT,
     DEGENERATE_RATIO_DEFAULT,
@@ -145,6 +146,12 @@ class TranslateOptions:
     precision: str = "fp32"
     #: CUDA device index.
     device: int = 0
+    # -- background skipping (docs/semantics.md section 11)
+    #: ``skip``: no network on tiles without tissue; ``translate``: every tile; ``auto``: skip on
+    #: slides (``dnrt.runtime.tissue.looks_like_a_slide``).
+    background: str = "auto"
+    #: A tile is background when at most this fraction of its window (tile + margin) is tissue.
+    tissue_threshold: float = TISSUE_THRESHOLD_DEFAULT
     # -- output files (translate_file / translate; ignored for in-memory images)
     #: TIFF compression ``NAME`` or ``NAME:LEVEL`` (checked against the codec by the writer).
     compression: str = "zlib"
@@ -204,6 +211,12 @@ class TranslateOptions:
         set_(self, "threads", _optional_integer("threads", self.threads, 1, MAX_THREADS))
         set_(self, "precision", _choice("precision", self.precision, PRECISIONS))
         set_(self, "device", _integer("device index", self.device, 0, 1023))
+        # -- background skipping
+        set_(self, "background", _choice("background handling", self.background, BACKGROUND_CHOICES))
+        threshold = _number("tissue threshold", self.tissue_threshold)
+        if not 0.0 <= threshold < 1.0:
+            raise _usage(f"tissue threshold must be at least 0 and below 1, got {threshold}")
+        set_(self, "tissue_threshold", threshold)
         if not isinstance(self.compression, str):
             raise _usage(f"compression must be a name such as zlib or jpeg:90, got {self.compression!r}")
         from dnrt.runtime.io.writer import Compression  # numpy and the codec table: only when used

@@ -13,6 +13,16 @@ lets the model keep working:
 ``lookahead`` rows ahead of inference (1 for DN, k//2 for KIN): the input held
 is the look-ahead window of row bands, never the image.
 
+**Pre-pass.** Before any tile, one read of the image feeds what the whole run depends on:
+the area thumbnail of TIN and of DN's ``slide`` rule, and the tissue thumbnail of
+background skipping (``runtime/tissue.py``). Both schedules run it identically.
+
+**Background skipping** (``background="skip"``, docs/semantics.md section 11): tiles without
+tissue run neither pass. Their output is one fill colour, the model's translation of a flat
+tile of the glass colour in this mode, and (KIN, DN) their statistics entries are that flat
+tile's statistics, which every rule then treats like any other entry. A row's batches are
+its tissue tiles cut into fixed chunks, the same in both passes and both schedules.
+
 **Bit-identity of the schedules.** Both run exactly the same backend calls on
 exactly the same batches: a row's tiles are split into fixed chunks of
 ``batch`` columns (``TilePlan.chunks``) for both passes in both schedules, and
@@ -39,6 +49,14 @@ from dnrt.runtime.options import SCHEDULES
 from dnrt.runtime.pixels import network_output_to_uint8, paste_planar
 from dnrt.runtime.plan import RowBand, TilePlan
 from dnrt.runtime.tables import AreaThumbnail, DenseStats, GlobalStats, KernelStats, NeighbourhoodSource
+from dnrt.runtime.tissue import (
+    TISSUE_THRESHOLD_DEFAULT,
+    TissueMask,
+    TissueThumbnail,
+    detect_tissue,
+    dilate,
+    mask_block,
+)
 from dnrt.semantics import (
     DEGENERATE_DEFAULT,
     DEGENERATE_RATIO_DEFAULT,
@@ -50,6 +68,9 @@ from dnrt.semantics import (
     collect_flavour,
     kin_kernel,
 )
+
+#: What the scheduler does with tiles without tissue (``auto`` is resolved per image before it).
+BACKGROUND_MODES = ("translate", "skip")
 
 
 class Source(Protocol):
@@ -112,6 +133,13 @@ class ScheduleOptions:
     overlap: bool | None = None
     #: Bands the reader may decode ahead of the model.
     read_ahead: int = 1
+    # -- background skipping (docs/semantics.md section 11)
+    #: ``translate``: every tile runs the network; ``skip``: tiles without tissue run neither pass.
+    background: str = "translate"
+    #: A tile is background when at most this fraction of its window (tile + margin) is tissue.
+    tissue_threshold: float = TISSUE_THRESHOLD_DEFAULT
+    #: Detect tissue even when translating everything (for the report and the mask PNG).
+    detect_tissue: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -120,6 +148,12 @@ class ScheduleOptions:
         if self.batch < 1:
             raise DnrtError(f"batch must be at least 1, got {self.batch}")
         object.__setattr__(self, "degenerate", check_degenerate(self.degenerate, self.degenerate_ratio))
+        if self.background not in BACKGROUND_MODES:
+            raise DnrtError(
+                f"unknown background handling {self.background!r} (expected one of {', '.join(BACKGROUND_MODES)})"
+            )
+        if not 0.0 <= self.tissue_threshold < 1.0:
+            raise DnrtError(f"tissue threshold must be in [0, 1), got {self.tissue_threshold}")
 
 
 def resolve_overlap(options: ScheduleOptions, backend: Backend) -> bool:
@@ -246,6 +280,20 @@ class Scheduler:
         elif mode is Mode.KIN:
             kernel = kin_kernel(options.kin_kernel, options.kin_kernel_type)
             self.stats = KernelStats(plan.rows, plan.cols, channels, kernel, options.std_floor, ahead)
+        # -- background skipping: set by the pre-pass (run) when tissue is detected
+        self.tissue: TissueMask | None = None
+        #: uint8 ``[C_out]``: what a skipped tile is filled with.
+        self.background_fill: np.ndarray | None = None
+        #: ``[L]`` mean and std of the flat glass tile: the statistics entry of a skipped tile (KIN, DN).
+        self._glass_stats: tuple[np.ndarray, np.ndarray] | None = None
+        self._skipping = False
+        self._row_chunk_cache: dict[int, list[np.ndarray]] = {}
+        #: The flat glass tile's network input ``[C, S, S]``.
+        self._glass_input: np.ndarray | None = None
+        #: ``[R, Q]``: background tiles some tissue tile's neighbourhood reads (KIN, DN).
+        self._reads_background: np.ndarray | None = None
+        #: Background tiles whose statistics were collected for real (not flat glass).
+        self.background_collects = 0
 
     def _rows_collected_ahead(self) -> int | None:
         """Rows of statistics the collector may write beyond the look-ahead while a row is
@@ -260,9 +308,24 @@ class Scheduler:
     # -- accounting --------------------------------------------------------------------
     @property
     def total_tile_runs(self) -> int:
-        """Network runs over tiles this job makes (the progress bar's total)."""
-        passes = 2 if self.options.mode in (Mode.KIN, Mode.DN) else 1
-        return self.plan.tiles * passes
+        """Network runs over tiles this job makes without skipping (the progress bar's total:
+        skipped tiles count as done when they are filled)."""
+        return self.plan.tiles * self._passes
+
+    @property
+    def _passes(self) -> int:
+        return 2 if self.options.mode in (Mode.KIN, Mode.DN) else 1
+
+    @property
+    def tiles_skipped(self) -> int:
+        """Tiles filled without running the network (known once :meth:`run` has started)."""
+        return self.tissue.background_tiles if self._skipping and self.tissue is not None else 0
+
+    @property
+    def tile_runs(self) -> int:
+        """Network runs over tiles this job made: skipped tiles excluded, save the collect runs
+        of those whose statistics a tissue tile needed (:meth:`_skip_background`)."""
+        return (self.plan.tiles - self.tiles_skipped) * self._passes + self.background_collects
 
     def _timed(self, phase: str, fn: Callable, *args, **kwargs):
         start = time.perf_counter()
@@ -310,7 +373,11 @@ class Scheduler:
         out = self._new_output_band(band.row) if sink is not None else None
         publish = self._hand_over(out, sink) if out is not None else None
         inputs, scratch = self._stage_buffers("collect")
-        for cols in self.chunks:
+        chunks, first, after = self._row_schedule(band.row)
+        self._skip_background(band.row, out, record=self.stats is not None, phase="collect", band=band)
+        if publish is not None and first:
+            publish(first)
+        for cols, ready in zip(chunks, after, strict=True):
             if self._halt.is_set():
                 raise _Stop
             tiles = self.plan.network_input(band, cols, out=inputs)
@@ -321,7 +388,7 @@ class Scheduler:
                 self.stats.record(band.row, cols, mean, std)
             if publish is not None:
                 self._place(out, cols, image, scratch)
-                publish(self.plan.columns_through(int(cols[-1])))
+                publish(ready)
             self.progress(len(cols), "collect")
 
     def _infer_row(self, band: RowBand, sink: Sink) -> None:
@@ -329,13 +396,146 @@ class Scheduler:
         out = self._new_output_band(band.row)
         publish = self._hand_over(out, sink)
         inputs, scratch = self._stage_buffers("infer")
-        for cols in self.chunks:
+        chunks, first, after = self._row_schedule(band.row)
+        self._skip_background(band.row, out, record=False, phase="infer")
+        if first:
+            publish(first)
+        for cols, ready in zip(chunks, after, strict=True):
             tiles = self.plan.network_input(band, cols, out=inputs)
             nbr_mean, nbr_std = self.stats.neighbourhoods(band.row, cols)
             image = self._timed("infer", self.backend.infer, tiles, nbr_mean, nbr_std)
             self._place(out, cols, image, scratch)
-            publish(self.plan.columns_through(int(cols[-1])))
+            publish(ready)
             self.progress(len(cols), "infer")
+
+    # -- background skipping -----------------------------------------------------------
+    def _row_schedule(self, row: int) -> tuple[list[np.ndarray], int, list[int]]:
+        """The row's batches, the output columns final before the first one (the background
+        left of it, filled first), and after each one (up to the next batch's first tile).
+
+        Without skipping these are ``self.chunks``, 0, and ``columns_through`` of each chunk's
+        last tile: exactly the calls of a run without the feature."""
+        chunks = self._row_chunk_cache.get(row) if self._skipping else self.chunks
+        if chunks is None:
+            assert self.tissue is not None
+            cols = np.flatnonzero(self.tissue.tiles[row])
+            batch = self.options.batch
+            chunks = [cols[i : i + batch] for i in range(0, len(cols), batch)]
+            self._row_chunk_cache[row] = chunks  # threads may race here: both compute the same
+        width, t = self.plan.width, self.plan.tile
+        first = min(int(chunks[0][0]) * t, width) if chunks else width
+        after = [min(int(c[0]) * t, width) for c in chunks[1:]] + [width] if chunks else []
+        return chunks, first, after
+
+    def _skip_background(
+        self, row: int, out: np.ndarray | None, record: bool, phase: str, band: RowBand | None = None
+    ) -> None:
+        """Fill the row's background tiles in ``out`` and (``record``) give them statistics; they
+        count as done for the progress bar.
+
+        The statistics are the flat glass tile's, except for a background tile that a tissue
+        tile's neighbourhood reads (``_reads_background``) and whose network input is not
+        exactly that flat tile (JPEG ringing, noise that does not saturate): the collect graph
+        runs on it, so the tissue tile reads what a ``translate`` run gives it. Both schedules
+        see the same pixels, so they make the same calls."""
+        if not self._skipping:
+            return
+        assert self.tissue is not None
+        cols = np.flatnonzero(~self.tissue.tiles[row])
+        if not len(cols):
+            return
+        if record:
+            assert self.stats is not None and self._glass_stats is not None and band is not None
+            real = self._background_needing_statistics(band, cols)
+            for i in range(0, len(real), self.options.batch):
+                chunk = real[i : i + self.options.batch]
+                inputs, _ = self._stage_buffers("collect")
+                tiles = self.plan.network_input(band, chunk, out=inputs)
+                _, m, sd = self._timed("collect", self.backend.collect, tiles, self.flavour, image=False)
+                self.stats.record(row, chunk, m, sd)
+                self.background_collects += len(chunk)
+            flat = np.setdiff1d(cols, real) if len(real) else cols
+            if len(flat):
+                mean, std = self._glass_stats
+                n = len(flat)
+                self.stats.record(
+                    row, flat, np.broadcast_to(mean, (n, mean.size)), np.broadcast_to(std, (n, std.size))
+                )
+        if out is not None:
+            t = self.plan.tile
+            for q in cols:
+                out[:, int(q) * t : min(int(q) * t + t, self.plan.width)] = self.background_fill
+        self.progress(len(cols), phase)
+
+    def _background_needing_statistics(self, band: RowBand, cols: np.ndarray) -> np.ndarray:
+        """Background tiles of this row that a tissue tile reads and that are not flat glass."""
+        near = cols[self._reads_background[band.row, cols]]
+        if not len(near):
+            return near
+        assert self._glass_input is not None
+        probe = np.empty((1,) + self._glass_input.shape, dtype=np.float32)
+        real = [
+            q
+            for q in near
+            if not np.array_equal(
+                self.plan.network_input(band, np.array([q]), out=probe)[0], self._glass_input
+            )
+        ]
+        return np.array(real, dtype=np.int64)
+
+    def _prepare_background(self) -> None:
+        """The fill of skipped tiles and (KIN, DN) their statistics entry: the model's translation,
+        in this mode, of a flat tile of the glass colour whose neighbours are flat glass too.
+
+        Run as a full batch (the chunk size), so a backend whose numbers depend on the batch size
+        computes the glass tile as it computes a batch of tiles of the image."""
+        assert self.tissue is not None and self.tissue.background_colour is not None
+        n = max(len(c) for c in self.chunks)
+        s = self.plan.input_size
+        tiles = np.empty((n, self.manifest.in_channels, s, s), dtype=np.float32)
+        # The arithmetic of pixels.gather_network_input: exact uint8 -> float32, / 127.5, - 1.
+        tiles[:] = self.tissue.background_colour.astype(np.float32)[None, :, None, None]
+        np.divide(tiles, np.float32(127.5), out=tiles)
+        tiles -= np.float32(1.0)
+        self._glass_input = tiles[0].copy()
+        mode = self.options.mode
+        if mode is Mode.IN:
+            image, _, _ = self._timed("collect", self.backend.collect, tiles, self.flavour, image=True)
+        else:
+            if mode is Mode.TIN:
+                assert self.stats is not None
+                nbr_mean, nbr_std = self.stats.neighbourhoods(0, np.zeros(n, dtype=np.int64))
+            else:
+                _, mean, std = self._timed("collect", self.backend.collect, tiles, self.flavour, image=False)
+                self._glass_stats = (np.array(mean[0], np.float32), np.array(std[0], np.float32))
+                nbr_mean, nbr_std = self._glass_neighbourhood(n)
+            image = self._timed("infer", self.backend.infer, tiles, nbr_mean, nbr_std)
+        t = self.plan.tile
+        scratch = np.empty((1, self.manifest.out_channels, t, t), dtype=np.float32)
+        planar = network_output_to_uint8(self.plan.crop_output(np.asarray(image)[:1]), scratch)[0]
+        self.background_fill = np.median(planar.reshape(planar.shape[0], -1), axis=1).astype(np.uint8)
+
+    def _glass_neighbourhood(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """KIN/DN's op inputs for a glass tile among glass tiles: a one-tile table of the mode's
+        own kind, so the floor and the degenerate rule condition it as they would in the image."""
+        assert self._glass_stats is not None
+        mean, std = self._glass_stats
+        channels = self.manifest.total_channels
+        o = self.options
+        if o.mode is Mode.DN:
+            assert isinstance(self.stats, DenseStats)
+            table: NeighbourhoodSource = DenseStats(
+                1, 1, channels, o.std_floor, None, o.degenerate, o.degenerate_ratio
+            )
+            table.slide = self.stats.slide
+        else:
+            table = KernelStats(
+                1, 1, channels, kin_kernel(o.kin_kernel, o.kin_kernel_type), o.std_floor, None
+            )
+        zero = np.zeros(1, dtype=np.int64)
+        table.record(0, zero, mean[None], std[None])
+        nbr_mean, nbr_std = table.neighbourhoods(0, zero)
+        return np.repeat(nbr_mean, n, axis=0), np.repeat(nbr_std, n, axis=0)
 
     def _new_output_band(self, row: int) -> np.ndarray:
         y0, y1 = self.plan.output_extent(row)
@@ -370,36 +570,57 @@ class Scheduler:
             x1 = min(x0 + t, self.plan.width)
             paste_planar(out[:, x0:x1], planar[i, :, :h, : x1 - x0])
 
-    def _thumbnail_stats(self) -> GlobalStats:
-        """TIN: every tile normalized with the thumbnail's statistics."""
-        mean, std = self._thumbnail_moments()
-        return GlobalStats(mean, std)
+    def _prepass(self, moments: bool, tissue: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """One read of the image before any tile: the ``T x T`` area thumbnail when ``moments``
+        (returns :meth:`_thumbnail_moments` of it) and, when ``tissue``, the tissue thumbnail,
+        from which ``self.tissue`` is detected (``runtime/tissue.py``)."""
+        t, plan = self.plan.tile, self.plan
+        if moments:
+            try:
+                check_map_sizes(t, 0, self.manifest.strides, self.manifest.network_multiple)
+            except DnrtError:
+                raise DnrtError(
+                    f"TIN and DN's 'slide' rule run the network on a {t} x {t} thumbnail: the tile must be a "
+                    f"multiple of {self.manifest.input_multiple} for this model"
+                ) from None
+        thumb = AreaThumbnail(plan.height, plan.width, self.manifest.in_channels, t) if moments else None
+        block = mask_block(t, plan.height, plan.width)
+        tissue_thumb = (
+            TissueThumbnail(plan.height, plan.width, self.manifest.in_channels, block) if tissue else None
+        )
+        reader = self._reader()
+        try:
+            for band in reader:
+                y0, y1 = plan.output_extent(band.row)
+                rows = band.pixels[y0 - band.y0 : y1 - band.y0]
+                if thumb is not None:
+                    self._timed("thumbnail", thumb.add, y0, rows)
+                if tissue_thumb is not None:
+                    self._timed("thumbnail", tissue_thumb.add, y0, rows)
+        finally:
+            reader.close()
+        if tissue_thumb is not None:
+            self.tissue = self._timed(
+                "thumbnail",
+                detect_tissue,
+                tissue_thumb.result(),
+                tissue_thumb.counts(),
+                block,
+                t,
+                plan.margin,
+                (plan.rows, plan.cols),
+                self.options.tissue_threshold,
+            )
+        return self._thumbnail_moments(thumb.result()) if thumb is not None else None
 
-    def _thumbnail_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Area-downscale the image to ``T x T`` while streaming it, then collect its statistics
-        (``[L]`` mean and std): TIN's statistics, and the slide-level ones of DN's ``slide`` rule.
+    def _thumbnail_moments(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Collect the statistics (``[L]`` mean and std) of the image area-downscaled to ``T x T``
+        (:meth:`_prepass`): TIN's statistics, and the slide-level ones of DN's ``slide`` rule.
 
         The thumbnail is the whole image, so it gets no margin (a reflect margin
         would only add mirrored copies of its own border to the statistics);
         it is fed to the network in float, not re-quantized to uint8.
         """
-        t = self.plan.tile
-        try:
-            check_map_sizes(t, 0, self.manifest.strides, self.manifest.network_multiple)
-        except DnrtError:
-            raise DnrtError(
-                f"TIN and DN's 'slide' rule run the network on a {t} x {t} thumbnail: the tile must be a multiple of "
-                f"{self.manifest.input_multiple} for this model"
-            ) from None
-        thumb = AreaThumbnail(self.plan.height, self.plan.width, self.manifest.in_channels, t)
-        reader = self._reader()
-        try:
-            for band in reader:
-                y0, y1 = self.plan.output_extent(band.row)
-                self._timed("thumbnail", thumb.add, y0, band.pixels[y0 - band.y0 : y1 - band.y0])
-        finally:
-            reader.close()
-        pixels = thumb.result()
         tiles = (pixels / 127.5 - 1.0).astype(np.float32).transpose(2, 0, 1)[None]
         _, mean, std = self._timed(
             "thumbnail", self.backend.collect, np.ascontiguousarray(tiles), self.flavour, image=False
@@ -416,13 +637,26 @@ class Scheduler:
             raise DnrtError("tile plan and image size disagree (internal error)")
         self.source = source
         mode = self.options.mode
-        if isinstance(self.stats, DenseStats) and self.stats.needs_slide_statistics:
-            # Both schedules compute the same thumbnail first, so they stay bit-identical.
-            self.stats.slide = self._thumbnail_moments()
+        slide_rule = isinstance(self.stats, DenseStats) and self.stats.needs_slide_statistics
+        tissue = self.options.background == "skip" or self.options.detect_tissue
+        if slide_rule or mode is Mode.TIN or tissue:
+            # Both schedules run the same pre-pass first, so they stay bit-identical.
+            moments = self._prepass(slide_rule or mode is Mode.TIN, tissue)
+            if slide_rule:
+                assert isinstance(self.stats, DenseStats)
+                self.stats.slide = moments
+            if mode is Mode.TIN:
+                assert moments is not None
+                self.stats = GlobalStats(*moments)  # every tile normalized with the thumbnail's statistics
+        if self.options.background == "skip" and self.tissue is not None and self.tissue.background_tiles:
+            self._prepare_background()
+            if self.stats is not None and not isinstance(self.stats, GlobalStats):
+                reach = self.stats.lookahead  # DN reads 3 x 3 tiles, KIN k x k
+                self._reads_background = dilate(self.tissue.tiles, reach) & ~self.tissue.tiles
+            self._skipping = True
         if mode is Mode.IN:
             self._single_pass(sink, collect=True)
         elif mode is Mode.TIN:
-            self.stats = self._thumbnail_stats()
             self._single_pass(sink, collect=False)
         elif self.options.schedule == "two-pass":
             self._two_pass(sink)

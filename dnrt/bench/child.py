@@ -188,6 +188,9 @@ def run_translate(spec: dict[str, Any]) -> dict[str, Any]:
     precision = (spec.get("backend_options") or {}).get("precision")
     if precision is not None:
         settings["precision"] = precision
+    # Every tile through the network unless told otherwise: the bench measures the modes, and
+    # background skipping has its own benchmark (benchmarks/background.py).
+    settings["background"] = spec.get("background") or "translate"
     options = TranslateOptions(**settings)
     rss_before = _rss_now_mb()
     with GpuMemorySampler() if spec.get("gpu") else _Null() as sampler:

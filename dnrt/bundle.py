@@ -27,6 +27,7 @@ of a collect. Bundles from an older export lack it; backends then run stats.onnx
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -134,6 +135,9 @@ class Manifest:
     #: Microns per pixel of the images the model was trained on (``export-model --mpp``), or None.
     #: trt-translate resamples slides to it by default (issue 17).
     mpp: float | None = None
+    #: Input sizes the network itself needs beyond even norm maps (a U-Net halves its input
+    #: num_downs times: 2**num_downs); 1 when only the norm layers constrain it.
+    network_multiple: int = 1
     dnrt_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -147,8 +151,8 @@ class Manifest:
 
     @property
     def input_multiple(self) -> int:
-        """Network input sizes must be multiples of this (every map even)."""
-        return 2 * max(self.strides, default=1)
+        """Network input sizes must be multiples of this (every norm map even, and the network's own)."""
+        return math.lcm(2 * max(self.strides, default=1), self.network_multiple)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -185,6 +189,11 @@ class Manifest:
             manifest = cls(**data)
         except (KeyError, TypeError) as exc:
             raise DnrtError(f"bundle manifest is malformed: {exc}") from None
+        multiple = manifest.network_multiple
+        if type(multiple) is not int or multiple < 1 or multiple & (multiple - 1):
+            raise DnrtError(
+                f"bundle manifest is malformed: network_multiple must be a power of two, got {multiple!r}"
+            )
         if manifest.batchnorm is not None and manifest.batchnorm not in BATCHNORM_MODES:
             raise DnrtError(
                 f"bundle manifest is malformed: batchnorm must be null or one of "

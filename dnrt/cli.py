@@ -41,15 +41,23 @@ def _export_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--arch",
             default=None,
-            help="Architecture (official, cyclegan, cut); detected from the keys if omitted.",
+            help="Architecture (official, cyclegan, cut, reggan, unet); detected from the keys if omitted.",
         ),
         click.option(
             "--key", default=None, help="Entry of a wrapped checkpoint holding the generator (e.g. G_A)."
         ),
         click.option(
-            "--tile", default=512, show_default=True, type=click.IntRange(min=8), help="Tile size T."
+            "--tile",
+            default=None,
+            type=click.IntRange(min=8),
+            help="Tile size T [default: 512, raised to a multiple of what the network needs, e.g. a U-Net's 2^depth].",
         ),
-        click.option("--margin", default=16, show_default=True, type=click.IntRange(min=0), help="Margin M."),
+        click.option(
+            "--margin",
+            default=None,
+            type=click.IntRange(min=0),
+            help="Margin M [default: 16, raised until T + 2M suits the network].",
+        ),
         click.option(
             "--opset", default=19, show_default=True, type=click.IntRange(min=1), help="ONNX opset (>= 19)."
         ),
@@ -86,8 +94,8 @@ def _run_export(
     output: Path,
     arch: str | None,
     key: str | None,
-    tile: int,
-    margin: int,
+    tile: int | None,
+    margin: int | None,
     opset: int,
     batchnorm: str,
     mpp: float | None,
@@ -200,11 +208,14 @@ def info_command(model: Path, as_json: bool) -> None:
     if as_json:
         click.echo(m.to_json(), nl=False)
         return
-    sizes = check_map_sizes(m.tile, m.margin, m.strides) if m.layers else []
+    sizes = check_map_sizes(m.tile, m.margin, m.strides, m.network_multiple) if m.layers else []
     click.echo(f"bundle        {bundle.path}")
     click.echo(f"architecture  {m.architecture} {json.dumps(m.config)}")
     click.echo(f"channels      {m.in_channels} in, {m.out_channels} out")
-    click.echo(f"tile          {m.tile} + margin {m.margin} (network input {m.tile + 2 * m.margin} px)")
+    multiple = f", a multiple of {m.input_multiple}" if m.network_multiple > 1 else ""
+    click.echo(
+        f"tile          {m.tile} + margin {m.margin} (network input {m.tile + 2 * m.margin} px{multiple})"
+    )
     click.echo(f"norm layers   {len(m.layers)} ({m.total_channels} channels of statistics)")
     if m.batchnorm is not None:
         click.echo(f"batch norm    {m.batchnorm} ({BATCHNORM_TEXT[m.batchnorm]})")

@@ -363,10 +363,42 @@ def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
     return np.where(m < n, m, period - m)
 
 
-def check_map_sizes(tile: int, margin: int, strides: list[int]) -> list[int]:
+#: The tile and margin a bundle gets unless the exporter is told otherwise (README, "Which margin").
+TILE_DEFAULT = 512
+MARGIN_DEFAULT = 16
+
+
+def _geometry_hint(tile: int, margin: int, multiple: int) -> str:
+    """' (e.g. --margin M)': the nearest margin that suits ``tile``, when there is one."""
+    if tile % 2 or multiple % 2:
+        return ""
+    options = [m for m in range(margin, margin + multiple) if (tile + 2 * m) % multiple == 0 and m < tile]
+    return f" (e.g. --margin {options[0]} with --tile {tile})" if options else ""
+
+
+def default_geometry(multiple: int, tile: int | None = None, margin: int | None = None) -> tuple[int, int]:
+    """The bundle's default tile and margin for a network whose input must be a multiple of ``multiple``.
+
+    Unset values start from 512 and 16: the tile is raised to a multiple of ``multiple`` (TIN's
+    and DN's thumbnail runs the network on T x T) and the margin to the smallest value >= 16
+    that makes ``T + 2M`` one too. A value the caller set is kept (and checked later).
+    """
+    if tile is None:
+        tile = -(-TILE_DEFAULT // multiple) * multiple
+    if margin is None:
+        margin = MARGIN_DEFAULT
+        if tile % 2 == 0:
+            while (tile + 2 * margin) % multiple and margin < tile:
+                margin += 1
+    return tile, margin
+
+
+def check_map_sizes(tile: int, margin: int, strides: list[int], multiple: int = 1) -> list[int]:
     """Map size of every norm layer for a tile + margin; raise on odd or fractional sizes.
 
-    ``strides`` is each layer's downsampling factor relative to the network input.
+    ``strides`` is each layer's downsampling factor relative to the network input;
+    ``multiple`` what the network itself needs the input to be a multiple of (a U-Net:
+    ``2**depth``; the manifest's ``network_multiple``).
     """
     if tile <= 0 or margin < 0:
         raise DnrtError(f"tile must be positive and margin non-negative (got tile={tile}, margin={margin})")
@@ -375,6 +407,12 @@ def check_map_sizes(tile: int, margin: int, strides: list[int]) -> list[int]:
             f"margin ({margin}) must be smaller than the tile ({tile}): a margin reaches at most into the neighbouring tiles"
         )
     size = tile + 2 * margin
+    if size % multiple:
+        raise DnrtError(
+            f"tile {tile} + 2 x margin {margin} = {size} px does not suit this model: it halves its input "
+            f"{multiple.bit_length() - 1} times, so tile + 2*margin must be a multiple of {multiple}"
+            f"{_geometry_hint(tile, margin, multiple)}"
+        )
     sizes = []
     for stride in sorted(set(strides)):
         if size % stride or (size // stride) % 2:

@@ -13,6 +13,7 @@ from dnrt.bundle import Manifest, check_batchnorm_mode, check_export_mpp
 from dnrt.export.bundle_writer import ValidationResult, check_output_dir, write_bundle
 from dnrt.models.normswap import DnrtModel, convert, infer_in_channels
 from dnrt.ops import DEFAULT_OPSET
+from dnrt.semantics import default_geometry
 
 
 @dataclass
@@ -29,8 +30,8 @@ def export_module(
     architecture: str = "custom",
     config: dict | None = None,
     in_channels: int | None = None,
-    tile: int = 512,
-    margin: int = 16,
+    tile: int | None = None,
+    margin: int | None = None,
     opset: int = DEFAULT_OPSET,
     source: dict | None = None,
     notes: list[str] | None = None,
@@ -46,7 +47,9 @@ def export_module(
     statistics with ``"eval"`` (:func:`dnrt.export.convert`). The module's own weights are
     saved; the PyTorch backend can rebuild it only for zoo architectures (``config`` given),
     other bundles run on ONNX Runtime/TensorRT. ``mpp``: the training images' microns per
-    pixel, recorded in the manifest (trt-translate's default resolution).
+    pixel, recorded in the manifest (trt-translate's default resolution). ``tile``/``margin``
+    left None get the defaults (512, 16) raised to what the network accepts
+    (``dnrt.semantics.default_geometry``).
     """
     check_batchnorm_mode(batchnorm)
     check_export_mpp(mpp)
@@ -55,6 +58,7 @@ def export_module(
     state_dict = {k: v.clone() for k, v in module.state_dict().items()}
     in_ch = in_channels or infer_in_channels(module)
     model: DnrtModel = convert(module, in_ch, batchnorm=batchnorm)
+    tile, margin = default_geometry(model.input_multiple, tile, margin)
     recorded = model.batchnorm
     if recorded is None and (config or {}).get("bn_folded") is True:
         recorded = "eval"  # the zoo folded the batch norms before the swap
@@ -62,7 +66,7 @@ def export_module(
         architecture=architecture,
         config=dict(config or {}),
         in_channels=in_ch,
-        out_channels=_out_channels_collect(model, in_ch),
+        out_channels=_out_channels_collect(model, in_ch, model.input_multiple),
         layers=model.layers,
         tile=tile,
         margin=margin,
@@ -71,6 +75,7 @@ def export_module(
         notes=list(notes or []),
         batchnorm=recorded,
         mpp=None if mpp is None else float(mpp),
+        network_multiple=model.network_multiple,
     )
     manifest, validation = write_bundle(
         model, out, manifest=manifest, state_dict=state_dict, validate=validate, overwrite=overwrite, log=log
@@ -78,10 +83,11 @@ def export_module(
     return ExportResult(out, manifest, validation)
 
 
-def _out_channels_collect(model: DnrtModel, in_channels: int) -> int:
+def _out_channels_collect(model: DnrtModel, in_channels: int, multiple: int) -> int:
     params = torch.tensor([0.0, 1e-5, 0.0])
+    size = max(64, multiple)
     with torch.no_grad():
-        image, _, _ = model.collect(torch.zeros(1, in_channels, 64, 64), params)
+        image, _, _ = model.collect(torch.zeros(1, in_channels, size, size), params)
     return int(image.shape[1])
 
 
@@ -91,8 +97,8 @@ def export_checkpoint(
     *,
     arch: str | None = None,
     key: str | None = None,
-    tile: int = 512,
-    margin: int = 16,
+    tile: int | None = None,
+    margin: int | None = None,
     opset: int = DEFAULT_OPSET,
     validate: bool = True,
     overwrite: bool = False,

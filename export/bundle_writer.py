@@ -76,7 +76,7 @@ def write_bundle(
         raise DnrtError(
             f"--opset {manifest.opset} is too old: DenseNorm's function body needs opset {MIN_OPSET}+"
         )
-    check_map_sizes(manifest.tile, manifest.margin, manifest.strides)
+    check_map_sizes(manifest.tile, manifest.margin, manifest.strides, manifest.network_multiple)
     manifest.dnrt_version = dnrt.__version__
 
     remove_stale_temps(out)  # left by an export that was killed (SIGKILL, power cut)

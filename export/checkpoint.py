@@ -161,6 +161,11 @@ def _holds_tensors(obj: Any, depth: int = 0) -> bool:
     return False
 
 
+def _recognised(state_dict: dict[str, Tensor]) -> bool:
+    """Whether some zoo layout reads ``state_dict`` as it is (so a leading name is not a wrapper)."""
+    return any(arch.infer_config(state_dict) is not None for arch in ARCHITECTURES.values())
+
+
 class _Unwrapper:
     """Walks a loaded checkpoint down to one flat ``{name: tensor}`` dict, recording what it did."""
 
@@ -263,8 +268,8 @@ class _Unwrapper:
                 self.trail.append(choice)
                 continue
             container = next((c for c in CONTAINER_KEYS if self._strip_all(sd, c + ".")), None)
-            # "model.<digit>" is CycleGAN's own layout, not a wrapper.
-            if container and not all(k.split(".")[1].isdigit() for k in sd):
+            # "model.<digit>" is CycleGAN's own layout and "model.model.*" the U-Net's: not wrappers.
+            if container and not all(k.split(".")[1].isdigit() for k in sd) and not _recognised(sd):
                 sd = {k[len(container) + 1 :]: v for k, v in sd.items()}
                 self.stripped.append(container + ".")
                 continue

@@ -98,8 +98,7 @@ def _export(
 
 
 def _example_size(model: DnrtModel) -> int:
-    multiple = 2 * max((layer.stride for layer in model.layers), default=1)
-    return max(64, multiple * 2)
+    return max(64, model.input_multiple * 2)
 
 
 def export_stats_graph(model: DnrtModel, in_channels: int, opset: int) -> onnx.ModelProto:

@@ -217,6 +217,9 @@ class Translator:
     device. ``progress`` shows a tqdm bar (None: on a terminal); ``on_progress(done, total)``
     is called on the caller's thread as tile runs complete, and returning False cancels the
     run (:class:`Cancelled`); it can be changed between runs through the attribute.
+
+    ``to_gray`` lets a 1-channel model take RGB input (BT.601 luma); ``intensity_range``
+    (``"LO:HI"``) maps 16-bit input ``LO..HI`` onto 0..255 (runtime/io/intensity.py has the rules).
     """
 
     def __init__(
@@ -293,7 +296,9 @@ class Translator:
         manifest = bundle.manifest
         tile = options.tile if options.tile is not None else int(manifest.tile)
         margin = options.margin if options.margin is not None else int(manifest.margin)
-        TilePlan.create(tile, tile, tile, margin, manifest.strides, options.margin_source)
+        TilePlan.create(
+            tile, tile, tile, margin, manifest.strides, options.margin_source, manifest.network_multiple
+        )
         return tile, margin
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -331,6 +336,7 @@ class Translator:
             self.margin,
             self.bundle.manifest.strides,
             self.margin_source,
+            self.bundle.manifest.network_multiple,
         )
 
     def _run(
@@ -481,6 +487,10 @@ class Translator:
         and is returned; after an error or a cancellation its content is unspecified.
         """
         source = ArraySource(rgb)
+        if self.options.to_gray and self.bundle.manifest.in_channels == 1 and source.channels == 3:
+            from dnrt.runtime.io.intensity import luminance
+
+            source = ArraySource(luminance(source.pixels))
         sink = ArraySink(source.height, source.width, self.bundle.manifest.out_channels, out, source.pixels)
         self._run(source, sink)
         return sink.pixels
@@ -527,8 +537,15 @@ class Translator:
         tissue_mask: str | os.PathLike | None = None,
     ) -> TranslateReport:
         from dnrt.runtime.io import open_writer
+        from dnrt.runtime.io.intensity import prepare_source
 
         # Everything that can be refused is refused before the output file is created.
+        source = prepare_source(
+            source,
+            self.bundle.manifest.in_channels,
+            to_gray=options.to_gray,
+            intensity_range=options.intensity_range,
+        )
         self._check_source(source)
         plan = self._plan(source)
         estimate = self._preflight(source, plan, output, options)
@@ -621,11 +638,11 @@ def translate(
     keywords (mode, schedule, backend, tile, margin, margin_source, batch, kin_kernel,
     kin_kernel_type, std_floor, degenerate, degenerate_ratio, overlap, threads, precision,
     device, background, tissue_threshold; output: compression, pyramid, output_format,
-    overwrite, writer_tile, force; slide reading: reader, level, mpp, assume_mpp, allow_upsample);
-    ``progress``, ``backend_options`` and ``on_progress`` as for :class:`Translator`;
-    ``tissue_mask``: also write the tissue mask PNG there. Checks run cheapest first: the
-    options, the
-    output path, then the input image, then the bundle, then the backend loads.
+    overwrite, writer_tile, force; slide reading: reader, level, mpp, assume_mpp, allow_upsample;
+    gray images: to_gray, intensity_range); ``progress``, ``backend_options`` and
+    ``on_progress`` as for :class:`Translator`; ``tissue_mask``: also write the tissue mask PNG
+    there. Checks run cheapest first: the options, the output path, then the input image, then
+    the bundle, then the backend loads.
 
     Slides: ``reader`` is ``auto`` (by content), ``tifffile`` or ``openslide``; ``level`` reads
     that pyramid level; ``mpp`` (default: the bundle's training resolution, unless ``level`` is

@@ -197,6 +197,19 @@ _TRANSLATION_OPTIONS = (
         is_flag=True,
         help="Run even when the pre-flight estimates that memory or disk space will not suffice.",
     ),
+    # Gray images (issue 14): RGB into a 1-channel model, 16-bit intensity ranges.
+    click.option(
+        "--to-gray",
+        is_flag=True,
+        help="Let a 1-channel model take an RGB image: its ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B).",
+    ),
+    click.option(
+        "--intensity-range",
+        metavar="LO:HI",
+        default=None,
+        help="16-bit input: map samples LO..HI onto 0..255 [default: the file's declared range; "
+        "RGB: 0..65535; gray without one: refused].",
+    ),
     # -- slide reading and the model's resolution (issue 17) --
     click.option(
         "--reader",

@@ -171,6 +171,12 @@ class TranslateOptions:
     assume_mpp: float | None = None
     #: Permit an ``mpp`` finer than the slide's best level (upsampling).
     allow_upsample: bool = False
+    # -- gray images (issue 14; runtime/io/intensity.py has the rules)
+    #: Let a 1-channel model take an RGB image (its BT.601 luma); refused otherwise.
+    to_gray: bool = False
+    #: 16-bit input: the range ``(LO, HI)`` mapped onto 0..255 (``"LO:HI"`` accepted; None: the
+    #: file's declared range, else the full range for RGB; 16-bit gray without one is refused).
+    intensity_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -229,6 +235,14 @@ class TranslateOptions:
             if value is not None:
                 set_(self, name, _number(name.replace("_", " "), value))
         set_(self, "allow_upsample", _flag("allow upsample", self.allow_upsample))
+        set_(self, "to_gray", _flag("to gray", self.to_gray))
+        if self.intensity_range is not None:
+            from dnrt.runtime.io.intensity import parse_intensity_range
+
+            value = self.intensity_range
+            if isinstance(value, list | tuple) and len(value) == 2:
+                value = f"{value[0]}:{value[1]}"  # the JSON form is a list
+            set_(self, "intensity_range", parse_intensity_range(value))
         self.resolution_request()  # the range checks of the resolution options
 
     # -- derived views ---------------------------------------------------------------------
@@ -302,4 +316,6 @@ FILE_FIELDS = (
     "mpp",
     "assume_mpp",
     "allow_upsample",
+    "to_gray",
+    "intensity_range",
 )

@@ -62,10 +62,18 @@ class TilePlan:
 
     @classmethod
     def create(
-        cls, height: int, width: int, tile: int, margin: int, strides: list[int], margin_source: str = "image"
+        cls,
+        height: int,
+        width: int,
+        tile: int,
+        margin: int,
+        strides: list[int],
+        margin_source: str = "image",
+        multiple: int = 1,
     ) -> TilePlan:
-        """A plan for an image, after checking that every norm layer's map is even."""
-        check_map_sizes(tile, margin, strides)
+        """A plan for an image, after checking that every norm layer's map is even and the
+        network input a multiple of ``multiple`` (the manifest's ``network_multiple``)."""
+        check_map_sizes(tile, margin, strides, multiple)
         return cls(height, width, tile, margin, margin_source)
 
     # -- geometry ----------------------------------------------------------------------

@@ -583,7 +583,7 @@ class Scheduler:
         t, plan = self.plan.tile, self.plan
         if moments:
             try:
-                check_map_sizes(t, 0, self.manifest.strides)
+                check_map_sizes(t, 0, self.manifest.strides, self.manifest.network_multiple)
             except DnrtError:
                 raise DnrtError(
                     f"TIN and DN's 'slide' rule run the network on a {t} x {t} thumbnail: the tile must be a "

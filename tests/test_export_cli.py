@@ -138,7 +138,9 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path: Path) -> None:
     one_line_error(run_cli([str(truncated), "-o", str(out)]), "trunc.pth")
     one_line_error(run_cli([str(ckpt), "-o", str(out), "--tile", "60", "--margin", "3"]), "even")
     one_line_error(run_cli([str(ckpt), "-o", str(tmp_path / "no" / "dir" / "o.dnrt")]), "does not exist")
-    one_line_error(run_cli([str(ckpt), "-o", str(out), "--arch", "unet"]), "unknown generator architecture")
+    one_line_error(
+        run_cli([str(ckpt), "-o", str(out), "--arch", "unet_512"]), "unknown generator architecture"
+    )
     one_line_error(run_cli([str(ckpt), "-o", str(out), "--opset", "17"]), "opset")
     state = torch.load(ckpt, weights_only=True)
     state["block1.0.bias"] = state["block1.0.bias"][:5]  # 5 biases for 8 filters

@@ -20,6 +20,7 @@ Dropout is always off (the model is put in eval mode).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,10 +52,14 @@ class DnrtModel(nn.Module):
         context: NormContext,
         layers: list[LayerSpec],
         batchnorm: str | None = None,
+        network_multiple: int = 1,
     ) -> None:
         super().__init__()
         self.generator = generator
         self.layers = layers
+        #: What the generator needs its input to be a multiple of besides even norm maps
+        #: (its ``input_multiple`` attribute: a U-Net's 2**depth).
+        self.network_multiple = network_multiple
         #: How the generator's BatchNorm2d layers run ("instance" | "eval"); None without any.
         self.batchnorm = batchnorm
         object.__setattr__(self, "context", context)
@@ -62,6 +67,11 @@ class DnrtModel(nn.Module):
     @property
     def total_channels(self) -> int:
         return sum(layer.channels for layer in self.layers)
+
+    @property
+    def input_multiple(self) -> int:
+        """Input sizes must be multiples of this (every norm map even, and the network's own)."""
+        return math.lcm(2 * max((layer.stride for layer in self.layers), default=1), self.network_multiple)
 
     def collect(self, tiles: Tensor, collect_params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalize with each tile's own statistics; return image, mean [N, L], std [N, L]."""
@@ -107,10 +117,19 @@ def _find_swaps(module: nn.Module, swap_batch_norms: bool) -> list[_Swap]:
     return swaps
 
 
+def network_multiple(module: nn.Module) -> int:
+    """A generator's own input-size constraint: its ``input_multiple`` attribute (a positive power
+    of two, e.g. a U-Net's 2**depth), 1 when it has none."""
+    multiple = getattr(module, "input_multiple", 1)
+    if type(multiple) is not int or multiple < 1 or multiple & (multiple - 1):
+        raise DnrtError(f"the generator's input_multiple must be a positive power of two, got {multiple!r}")
+    return multiple
+
+
 def _probe(
-    module: nn.Module, norms: list[nn.InstanceNorm2d | nn.BatchNorm2d], in_channels: int
+    module: nn.Module, norms: list[nn.InstanceNorm2d | nn.BatchNorm2d], in_channels: int, size: int
 ) -> tuple[list[int], list[int]]:
-    """Run one forward pass; return the call order of ``norms`` and each one's stride."""
+    """Run one forward pass on a ``size`` px input; return the call order of ``norms`` and each one's stride."""
     order: list[int] = []
     strides: dict[int, int] = {}
     index_of = {id(norm): i for i, norm in enumerate(norms)}
@@ -122,18 +141,18 @@ def _probe(
                 f"norm layer {i} is called twice in one forward pass; dnrt needs each layer used once"
             )
         h, w = inputs[0].shape[-2:]
-        if PROBE_SIZE % h or PROBE_SIZE % w or h != w:
+        if size % h or size % w or h != w:
             raise DnrtError(
-                f"a norm layer sees a {h}x{w} map for a {PROBE_SIZE} px input; dnrt supports "
+                f"a norm layer sees a {h}x{w} map for a {size} px input; dnrt supports "
                 "generators whose maps are the input downsampled by integer factors"
             )
-        strides[i] = PROBE_SIZE // h
+        strides[i] = size // h
         order.append(i)
 
     handles = [norm.register_forward_pre_hook(hook) for norm in norms]
     try:
         with torch.no_grad():
-            module(torch.zeros(1, in_channels, PROBE_SIZE, PROBE_SIZE))
+            module(torch.zeros(1, in_channels, size, size))
     finally:
         for handle in handles:
             handle.remove()
@@ -170,7 +189,9 @@ def convert(module: nn.Module, in_channels: int | None = None, batchnorm: str = 
                 "inference, not instance statistics; dnrt cannot apply tile statistics to it"
             )
     norms = [swap.norm for swap in swaps]
-    order, strides = _probe(module, norms, in_channels) if norms else ([], [])
+    multiple = network_multiple(module)
+    probe = math.lcm(PROBE_SIZE, multiple)  # a U-Net of depth d needs 2**d px to reach its innermost norm
+    order, strides = _probe(module, norms, in_channels, probe) if norms else ([], [])
 
     context = NormContext()
     layers: list[LayerSpec] = []
@@ -193,7 +214,9 @@ def convert(module: nn.Module, in_channels: int | None = None, batchnorm: str = 
         name = _qualified_name(module, norm, dense)
         layers.append(LayerSpec(name, norm.num_features, stride, offset, norm.affine, activation))
         offset += norm.num_features
-    return DnrtModel(module, context, layers, batchnorm if has_batch_norms else None).eval()
+    return DnrtModel(
+        module, context, layers, batchnorm if has_batch_norms else None, network_multiple=multiple
+    ).eval()
 
 
 def _qualified_name(root: nn.Module, old: nn.Module, new: nn.Module) -> str:

@@ -3,7 +3,8 @@
 dnrt translates 8-bit images. The documented conversions (README, "Formats"):
 
 - uint8 is taken as is;
-- uint16 becomes ``round(v / 257)`` (65535 -> 255, exact inverse of the usual ``v * 257``);
+- uint16 becomes ``round(v / 257)`` (65535 -> 255, exact inverse of the usual ``v * 257``), or
+  is mapped from an intensity range ``LO..HI`` (runtime/io/intensity.py);
 - 1-bit (bilevel) becomes 0 / 255;
 - palette images become RGB through their colour map;
 - "min-is-white" grey is inverted to the usual min-is-black;
@@ -29,12 +30,20 @@ def check_sample_dtype(dtype: np.dtype, name: str) -> None:
     )
 
 
-def to_uint8(values: np.ndarray) -> np.ndarray:
-    """Convert bool / uint8 / uint16 samples to uint8 (see the module docstring)."""
+def to_uint8(values: np.ndarray, intensity: tuple[int, int] | None = None) -> np.ndarray:
+    """Convert bool / uint8 / uint16 samples to uint8 (see the module docstring).
+
+    ``intensity`` ``(LO, HI)`` maps 16-bit samples ``LO..HI`` onto 0..255 instead of the full range
+    (runtime/io/intensity.py).
+    """
     if values.dtype == np.uint8:
         return values
     if values.dtype == np.bool_:
         return values.astype(np.uint8) * np.uint8(255)
+    if values.dtype.kind == "u" and values.dtype.itemsize == 2 and intensity not in (None, (0, 65535)):
+        from dnrt.runtime.io.intensity import map_uint16
+
+        return map_uint16(values, *intensity)
     if values.dtype.kind == "u" and values.dtype.itemsize == 2:
         # round(v / 257) without floats: no ties are possible for integer v, so
         # floor((v + 128) / 257) is exact.

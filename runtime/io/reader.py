@@ -80,6 +80,15 @@ class ImageSource:
         """Microns per pixel (x, y) of the pixels read_region returns, from ``resolution``."""
         return mpp_from_resolution(self.resolution, self.resolution_unit)
 
+    # -- 16-bit intensities (runtime/io/intensity.py has the rules) --
+    #: Bits per stored sample: 16 for uint16 input (mapped to 8 bits on read), else 8.
+    bits: int = 8
+    #: The 16-bit range ``(LO, HI)`` mapped onto 0..255 on read; None for 8-bit input.
+    intensity: tuple[int, int] | None = None
+    #: Where ``intensity`` came from ("declared by the file", "--intensity-range", "full range");
+    #: None while a 16-bit source has no range of its own (the translator then decides).
+    intensity_origin: str | None = None
+
     def __init__(self) -> None:
         # Counters for tests and benchmarks (segments decoded, cache hits, bytes read).
         self.stats: dict[str, int] = {"segments_decoded": 0, "cache_hits": 0, "bytes_read": 0}
@@ -117,6 +126,14 @@ class ImageSource:
 
     def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         raise NotImplementedError
+
+    def set_intensity_range(self, lo: int, hi: int, origin: str) -> None:
+        """Map 16-bit samples ``lo..hi`` onto 0..255 from now on (call before reading)."""
+        if self.bits != 16:
+            raise DnrtError(
+                f"{quoted(self.path)} has 8-bit samples; an intensity range applies to 16-bit ones"
+            )
+        self.intensity, self.intensity_origin = (int(lo), int(hi)), origin
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -216,6 +233,26 @@ class ArraySource(ImageSource):
 
     def close(self) -> None:
         self._array = np.zeros((0, 0, self.channels), np.uint8)
+
+
+class Uint16ArraySource(ArraySource):
+    """A 16-bit gray Pillow image (e.g. an MRI slice as PNG), mapped to 8 bits region by region."""
+
+    def __init__(self, array: np.ndarray, *, declared: tuple[int, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(np.zeros((1, 1, array.shape[2]), np.uint8), **kwargs)
+        self._raw = np.ascontiguousarray(array)
+        self.height, self.width, self.channels = (int(n) for n in array.shape)
+        self.bits = 16
+        # A declared range is used as is; without one the full range holds for reads until the
+        # translator applies its rule (runtime/io/intensity.py: prepare_source).
+        self.intensity = declared or (0, 65535)
+        self.intensity_origin = "declared by the file" if declared else None
+
+    def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return to_uint8(self._raw[y0:y1, x0:x1], self.intensity)
+
+    def close(self) -> None:
+        self._raw = np.zeros((0, 0, self.channels), np.uint16)
 
 
 # -- opening ------------------------------------------------------------------------------
@@ -394,6 +431,16 @@ def open_pillow(path: Path, *, max_pixels: int = MAX_PILLOW_PIXELS) -> ArraySour
 
     resolution, unit = _pillow_resolution(info)
     desc = f"{fmt} {width}x{height} {mode} uint8" + (f" ({note})" if note else "")
+    if array.dtype == np.uint16:
+        from dnrt.runtime.io.intensity import declared_range_of_bits, png_significant_bits
+
+        desc = f"{fmt} {width}x{height} {mode} uint16"
+        declared = declared_range_of_bits(png_significant_bits(path)) if fmt == "PNG" else None
+        source = Uint16ArraySource(
+            array, path=path, description=desc, resolution=resolution, resolution_unit=unit, declared=declared
+        )
+        source.reader = "pillow"
+        return source
     source = ArraySource(
         array,
         path=path,
@@ -525,8 +572,8 @@ def _pillow_pixels(img: Any, name: str) -> tuple[np.ndarray, str]:
         array = np.asarray(img.convert("RGB"))
         note = f"{mode} -> RGB"
     elif mode.startswith("I;16"):
-        raw = np.asarray(img)
-        array = to_uint8(raw.astype(np.uint16))
+        # Kept as stored: Uint16ArraySource maps it to 8 bits on read, by the intensity rules.
+        array = np.asarray(img).astype(np.uint16)
         note = "16-bit -> 8-bit"
     elif mode in ("I", "F"):
         check_sample_dtype(np.dtype(np.int32 if mode == "I" else np.float32), name)
@@ -535,6 +582,8 @@ def _pillow_pixels(img: Any, name: str) -> tuple[np.ndarray, str]:
         raise DnrtError(f"{name} has {mode} pixels; dnrt translates RGB or grey images; convert it first")
     if array.ndim == 2:
         array = array[:, :, None]
+    if array.dtype == np.uint16:
+        return np.ascontiguousarray(array), note
     return np.ascontiguousarray(array, dtype=np.uint8), note
 
 

@@ -230,7 +230,7 @@ class _Plane:
             return self.palette[raw[:, :, 0]]
         if not self.separate:
             raw = raw[:, :, : self.keep]
-        out = to_uint8(raw)
+        out = to_uint8(raw, self.owner.intensity)
         if self.invert:
             out = 255 - out
         return np.ascontiguousarray(out)
@@ -357,6 +357,12 @@ class TiffSource(ImageSource):
             for key, seg in zip(chunk, decoded, strict=True):
                 self._remember((n, key), seg)
                 yield key, seg
+
+    def set_intensity_range(self, lo: int, hi: int, origin: str) -> None:
+        super().set_intensity_range(lo, hi, origin)
+        with self._lock:  # segments cached so far were converted with the old range
+            self._cache.clear()
+            self._cache_used = 0
 
     def _remember(self, key: Any, seg: np.ndarray) -> None:
         # A segment larger than the whole budget (a huge strip) is still kept, alone: re-decoding
@@ -591,7 +597,26 @@ def _attach_planes(source: TiffSource, level: Any, pages: list[Any], name: str) 
             notes.append(f"first of {len(pages)} images")
     if np.dtype(pages[0].keyframe.dtype) == np.uint16:
         notes.append("16-bit -> 8-bit")
+        # 16-bit intensities (runtime/io/intensity.py): the file's declared range if any.
+        source.bits = 16
+        declared = _declared_range(pages[0].keyframe)
+        source.intensity = declared or (0, 65535)
+        source.intensity_origin = "declared by the file" if declared else None
     return ", ".join(notes)
+
+
+def _declared_range(page: Any) -> tuple[int, int] | None:
+    """``(SMinSampleValue, SMaxSampleValue)`` of a 16-bit page when both are set and usable."""
+    tags = page.tags
+    lo_tag, hi_tag = tags.get(340), tags.get(341)  # SMinSampleValue, SMaxSampleValue
+    if lo_tag is None or hi_tag is None:
+        return None
+    try:
+        lo = int(np.min(np.asarray(lo_tag.value)))
+        hi = int(np.max(np.asarray(hi_tag.value)))
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if 0 <= lo < hi <= 65535 else None
 
 
 def _resolution(tif: Any, page: Any) -> tuple[tuple[float, float] | None, str | None]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from dnrt.errors import DnrtError
 
-from . import cut, cyclegan, official
+from . import cut, cyclegan, official, reggan, unet
 from .cyclegan import BlurDownsample, BlurUpsample, fold_batch_norms
 from .official import ResidualBlock, count_norm_layers
 
@@ -55,7 +55,8 @@ def register(arch: Architecture) -> Architecture:
     return arch
 
 
-# Registry order is detection order; the signatures below are mutually exclusive anyway
+# Registry order is the listing order; the signatures below are mutually exclusive, and a
+# checkpoint that matches two of them is refused as mixed
 # (official: block1.*; cyclegan: model.N.* without blur buffers; cut: with them).
 register(
     Architecture("official", official.DESCRIPTION, official.build, official.infer_config, official.remap)
@@ -71,6 +72,10 @@ register(
     )
 )
 register(Architecture("cut", cut.DESCRIPTION, cut.build, cut.infer_config, cut.remap, cut.finalize))
+# RegGAN: model_head.* / model_body.* / model_tail.* (no other layout has these names).
+register(Architecture("reggan", reggan.DESCRIPTION, reggan.build, reggan.infer_config, reggan.remap))
+# pix2pix U-Net: model.model.0 (4x4 stride-2 conv) and nested model.1.model.3... blocks.
+register(Architecture("unet", unet.DESCRIPTION, unet.build, unet.infer_config, unet.remap, unet.finalize))
 
 
 def get_architecture(name: str) -> Architecture:
@@ -110,17 +115,24 @@ def _hint(state_dict: dict[str, Tensor]) -> str:
         return (
             " (this looks like a PatchGAN discriminator; pass the generator checkpoint, e.g. *_net_G_A.pth)"
         )
-    if any(k.startswith("model.model.") for k in state_dict):
-        return " (this looks like a U-Net generator, which dnrt does not support)"
     return ""
 
 
 def detect_architecture(state_dict: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """Name and config of the architecture whose layout ``state_dict`` has; DnrtError if none."""
+    matches = []
     for arch in ARCHITECTURES.values():
         config = arch.infer_config(state_dict)
         if config is not None:
-            return arch.name, config
+            matches.append((arch.name, config))
+    if len(matches) > 1:
+        # Two generators' signature keys in one file: a merged or hand-edited checkpoint.
+        raise DnrtError(
+            f"the checkpoint mixes generator layouts ({', '.join(name for name, _ in matches)}): "
+            f"found {describe_keys(state_dict)}; pass one generator's weights (--key picks an entry)"
+        )
+    if matches:
+        return matches[0]
     known = "; ".join(f"{a.name}: {a.description}" for a in ARCHITECTURES.values())
     raise DnrtError(
         f"no known generator layout matches the checkpoint: found {describe_keys(state_dict)}"

@@ -294,8 +294,17 @@ def build_engine_command(
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends import get_backend
     from dnrt.runtime.backends.trt import cache_dir
+    from dnrt.semantics import check_map_sizes
 
     bundle = load_bundle(model)
+    manifest = bundle.manifest
+    # The geometry trt-translate would refuse is refused here too, before any engine is built.
+    check_map_sizes(
+        manifest.tile if tile is None else tile,
+        manifest.margin if margin is None else margin,
+        manifest.strides,
+        manifest.input_multiple,
+    )
     backend = get_backend("trt", bundle, precision=precision, batch=batch, tile=tile, margin=margin)
     with backend:
         click.echo(f"engines ready in {cache_dir()} ({backend.describe()})")

@@ -190,3 +190,14 @@ def test_existing_bundle_needs_overwrite(tmp_path: Path) -> None:
     assert (out / "manifest.json").read_text() == before
     result = run_cli([str(ckpt), "-o", str(out), "--tile", "128", "--quiet", "--overwrite", "--no-validate"])
     assert result.exit_code == 0 and load_bundle(out).manifest.tile == 128
+
+
+def test_build_engine_refuses_a_geometry_the_model_cannot_take(small_bundle_path: Path) -> None:
+    """The geometry check comes before TensorRT is even looked for: a margin that gives odd
+    norm-layer maps is the same one-line error trt-translate gives, on any machine."""
+    result = CliRunner().invoke(main, ["build-engine", str(small_bundle_path), "--margin", "3"])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "even" in lines[0] or "multiple" in lines[0], lines[0]
+    assert "TensorRT" not in lines[0]

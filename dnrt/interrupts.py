@@ -47,16 +47,29 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: The signal the latest :func:`signals_interrupt` block turned into an exception (None: none).
+#: Some native libraries (Ray's waits among them) catch the exception a signal handler raises
+#: and raise a plain KeyboardInterrupt instead; the signal that started it is still this one.
+_last_signal: int | None = None
+
+
+def _signum(exc: KeyboardInterrupt) -> int:
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    return _last_signal if _last_signal is not None else int(signal.SIGINT)
+
+
 def exit_code_of(exc: KeyboardInterrupt) -> int:
     """128 + the signal that ended the run: 130 for a plain KeyboardInterrupt (SIGINT)."""
-    return exc.exit_code if isinstance(exc, Interrupted) else 128 + int(signal.SIGINT)
+    return 128 + _signum(exc)
 
 
 def describe(exc: KeyboardInterrupt) -> str:
     """``"interrupted"`` for Ctrl-C, ``"terminated (SIGTERM)"``/``"hung up (SIGHUP)"`` otherwise."""
-    if isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
-        verb = "hung up" if exc.signum == getattr(signal, "SIGHUP", None) else "terminated"
-        return f"{verb} ({exc.name})"
+    signum = _signum(exc)
+    if signum != signal.SIGINT:
+        verb = "hung up" if signum == getattr(signal, "SIGHUP", None) else "terminated"
+        return f"{verb} ({Interrupted(signum).name})"
     return "interrupted"
 
 
@@ -69,12 +82,16 @@ def signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _last_signal
+    _last_signal = None
     received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        global _last_signal
         if received:  # already unwinding: let the clean-up finish
             return
         received.append(signum)
+        _last_signal = signum
         raise Interrupted(signum)
 
     previous: dict[int, Any] = {}

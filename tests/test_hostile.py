@@ -869,3 +869,23 @@ def test_default_orientation_is_read(tmp_path: Path) -> None:
     (tmp_path / "o.tif").write_bytes(tiff.to_bytes())
     with open_image(tmp_path / "o.tif") as source:
         assert (source.read_region(0, 50, 0, 40) == 128).all()
+
+
+def test_a_signal_re_raised_as_a_plain_keyboard_interrupt_keeps_its_exit_code() -> None:
+    """Native code (Ray's waits) may catch the Interrupted that a handled SIGTERM raised and
+    raise a plain KeyboardInterrupt instead: the CLI must still say SIGTERM and exit 143."""
+    from dnrt.interrupts import describe, exit_code_of, signals_interrupt
+
+    with pytest.raises(KeyboardInterrupt) as info, signals_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises during the sleep
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None  # what such a library does
+    assert type(info.value) is KeyboardInterrupt
+    assert exit_code_of(info.value) == 143
+    assert describe(info.value) == "terminated (SIGTERM)"
+    # A later block that no signal ended reports a plain Ctrl-C as SIGINT again.
+    with pytest.raises(KeyboardInterrupt) as info, signals_interrupt():
+        raise KeyboardInterrupt
+    assert exit_code_of(info.value) == 130 and describe(info.value) == "interrupted"

@@ -202,7 +202,10 @@ class _Plane:
         offset, count = int(self.offsets[i]), int(self.counts[i])
         data = self.owner.read_bytes(offset, count) if count > 0 and offset > 0 else None
         if self.synthetic:
-            assert data is not None
+            if data is None:  # the file's own offsets say there is no data here
+                raise DnrtError(
+                    f"{self.owner.name}: {self._where(key)} has no image data (truncated or corrupt)"
+                )
             samples = 1 if self.separate else self.samples
             raw = np.frombuffer(data, dtype=self.file_dtype).reshape(-1, self.width, samples)
             raw = raw.astype(self.raw_dtype, copy=False)

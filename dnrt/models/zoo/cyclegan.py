@@ -373,7 +373,14 @@ def finalize(
 ) -> tuple[dict[str, Any], list[str]]:
     """After strict loading: with ``batchnorm="eval"`` fold batch norms (config gains
     ``bn_folded``); with ``"instance"`` keep them for the norm swap. Notes say what happened."""
-    notes = [DROPOUT_NOTE] if config["use_dropout"] else []
+    return apply_batchnorm_choice(module, config, batchnorm, [DROPOUT_NOTE] if config["use_dropout"] else [])
+
+
+def apply_batchnorm_choice(
+    module: nn.Module, config: dict[str, Any], batchnorm: str, notes: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The ``--batchnorm`` choice on a pix2pix-family module (ResNet or U-Net): ``"eval"`` folds
+    the running statistics into the convolutions, ``"instance"`` keeps the layers for the swap."""
     if config["norm"] == "batch" and not config["bn_folded"]:
         if batchnorm == "eval":
             fold_batch_norms(module)

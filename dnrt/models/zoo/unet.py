@@ -31,7 +31,10 @@ from torch import Tensor, nn
 
 from dnrt.errors import DnrtError
 
-from .cyclegan import BATCH_INSTANCE_NOTE, BATCH_NOTE, NONE_NOTE, NORMS, fold_batch_norms
+from .cyclegan import (
+    NORMS,
+    apply_batchnorm_choice,
+)
 from .official import check_config, drop_stale_instance_stats
 
 DESCRIPTION = "pix2pix UnetGenerator (junyanz/pytorch-CycleGAN-and-pix2pix unet_128/unet_256: model.model.N, nested model.1.model.3...)"
@@ -197,12 +200,4 @@ def finalize(
     module: nn.Module, config: dict[str, Any], batchnorm: str = "instance"
 ) -> tuple[dict[str, Any], list[str]]:
     """As for CycleGAN: fold batch norms for ``"eval"``, keep them for ``"instance"``."""
-    notes = [DROPOUT_NOTE]
-    if config["norm"] == "batch" and not config["bn_folded"]:
-        if batchnorm == "eval":
-            fold_batch_norms(module)
-            return {**config, "bn_folded": True}, [BATCH_NOTE, *notes]
-        return config, [BATCH_INSTANCE_NOTE, *notes]
-    if config["norm"] == "none":
-        return config, [NONE_NOTE, *notes]
-    return config, notes
+    return apply_batchnorm_choice(module, config, batchnorm, [DROPOUT_NOTE])

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown:
             args.markdown.write_text(markdown(json.loads(args.from_json.read_text())))
         return 0
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the local cluster on loopback
     import ray
     from bench_models import export_random_official  # benchmarks/, beside this script
 

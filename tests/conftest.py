@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The local Ray clusters the tests start (and the drivers they spawn) stay on loopback: Ray
+# otherwise binds and dials the machine's network address (dnrt.batch.cluster.LOOPBACK_ENV).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")

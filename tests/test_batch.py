@@ -366,6 +366,22 @@ def test_ledger_ignores_a_torn_last_line_and_appends_after_it(tmp_path: Path) ->
     assert json.loads(lines[2])["output"] == "c.tif"  # on its own line, after the torn one
 
 
+def test_started_slide_may_be_replaced_even_if_its_output_appears_after_planning(tmp_path: Path) -> None:
+    """A killed driver's Ray worker can finish a slide after the re-run planned it (CI saw this):
+    a slide the ledger says this batch started is the batch's own, present or not yet."""
+    from dnrt.batch.runner import plan_tasks
+
+    slides = write_slides(tmp_path / "in", [(40, 40), (40, 40)])
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = make_jobs(slides_from_arguments([str(s) for s in slides]), out, "{stem}.tif")
+    with Ledger(out) as ledger:
+        ledger.append({"output": jobs[0].name, "status": "started"})
+        tasks, refused, skipped = plan_tasks(jobs, ledger, "h", overwrite=False)
+    assert not refused and not skipped
+    assert [t.overwrite for t in tasks] == [True, False]  # no output yet for either
+
+
 def _wait_for(predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

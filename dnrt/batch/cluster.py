@@ -50,7 +50,15 @@ class ClusterUnreachable(DnrtError):
     """The Ray address did not answer in time; Ray's own exit would wait on it much longer."""
 
 
-def _import_ray() -> Any:
+#: Ray reads this when imported: "0" makes a cluster it starts use the loopback address, as on
+#: macOS/Windows, instead of the machine's network address.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _import_ray(local: bool = False) -> Any:
+    # A local cluster serves this machine alone: nothing of it need listen on the network.
+    if local:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -88,7 +96,7 @@ def connect(address: str | None, *, timeout: float | None = None) -> bool:
         raise DnrtError(
             "Ray Client addresses (ray://) are not supported; give the head's GCS address HOST:PORT"
         )
-    ray = _import_ray()
+    ray = _import_ray(local=address in (None, "", LOCAL))
     _diagnostics_to_stderr(ray)
     if ray.is_initialized():
         return False

@@ -136,7 +136,10 @@ def plan_tasks(
             skipped.append(_result(job, {"status": "skipped", "seconds": latest.get("seconds", 0.0)}))
             continue
         ours = latest is not None and latest.get("status") in OURS
-        task = Task(job, stamp, overwrite or (exists and ours))
+        # Ours whether or not it exists yet: a worker of a killed driver may still be finishing
+        # it (Ray ends a dead driver's actors only once it notices), so the output can appear
+        # between this check and the retry's own write, which must then replace it.
+        task = Task(job, stamp, overwrite or ours)
         if exists and not task.overwrite:
             error = f"output '{job.output}' exists and is not this batch's; pass --overwrite to replace it"
             refused.append((task, {"status": "failed", "error": error, "seconds": 0.0}))

@@ -341,10 +341,8 @@ def test_cli_reports_skipping_and_writes_the_mask(tmp_path: Path, toy_bundle: Pa
     assert report["background"] == "skip" and report["tiles_skipped"] > 0
     assert 0.2 < report["tissue_fraction"] < 0.35 and report["tissue_mask"] == str(mask)
     png = np.asarray(Image.open(mask))
-    assert png.shape == (
-        H,
-        W,
-    )  # 16 mask pixels per 16 px tile and set(np.unique(png).tolist()) == {0, 128, 255}
+    assert png.shape == (H, W)  # 16 mask pixels per 16 px tile
+    assert set(np.unique(png).tolist()) == {0, 128, 255}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
     # Human summary line; an existing mask is refused before any work, the output untouched.
     again = _cli(str(src), "-o", str(tmp_path / "b.tif"), "-m", str(toy_bundle), "--tissue-mask", str(mask))

@@ -121,6 +121,20 @@ def test_ndpi_like_goes_to_openslide_with_the_same_pixels(tmp_path: Path) -> Non
         assert diff.mean() < 0.05
 
 
+def test_real_ndpi_objective_power_through_tifffile() -> None:
+    """A real NDPI (64-bit offsets, which tifffile reads and its writer cannot make) keeps its
+    objective power on the tifffile path: Hamamatsu's SourceLens tag (65421)."""
+    from types import SimpleNamespace
+
+    from dnrt.runtime.io.tiffsource import _objective_power
+
+    tags = SimpleNamespace(valueof=lambda code: {65421: 40.0}.get(code))
+    tif = SimpleNamespace(is_ndpi=True, is_svs=False, is_ome=False)
+    assert _objective_power(tif, SimpleNamespace(tags=tags, description="")) == 40.0
+    no_lens = SimpleNamespace(valueof=lambda code: None)
+    assert _objective_power(tif, SimpleNamespace(tags=no_lens, description="")) is None
+
+
 def test_openslide_reads_bands_in_bounded_column_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

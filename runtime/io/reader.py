@@ -57,8 +57,6 @@ class ImageSource:
     resolution: tuple[float, float] | None = None
     #: ``"INCH"``, ``"CENTIMETER"``, ``"NONE"`` ... (tifffile's RESUNIT names), or None.
     resolution_unit: str | int | None = None
-    #: Magnification of the scanner's objective (20, 40, ...) where the file records it, else None.
-    objective_power: float | None = None
     #: Photometric interpretation of what read_region returns: ``"rgb"`` or ``"minisblack"``.
     photometric: str | None = None
     #: Embedded ICC colour profile, copied to the output when present.

@@ -669,9 +669,13 @@ def _microns_per_pixel(tif: Any, page: Any) -> tuple[float, float] | None:
 
 
 def _objective_power(tif: Any, page: Any) -> float | None:
-    """The objective's magnification: Aperio's ``AppMag``, or OME's ``NominalMagnification``
-    (of the objective the first image refers to, else of the only one)."""
+    """The objective's magnification: Aperio's ``AppMag``, Hamamatsu's ``Magnification`` tag,
+    or OME's ``NominalMagnification`` (of the objective the first image refers to, else of the
+    only one)."""
     try:
+        if tif.is_ndpi:
+            power = float(page.tags.valueof(65421))  # Hamamatsu's SourceLens
+            return power if power > 0 else None
         if tif.is_svs and page.description:
             from tifffile.tifffile import svs_description_metadata
 

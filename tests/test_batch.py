@@ -399,7 +399,7 @@ DRIVER = [sys.executable, "-c", "from dnrt.cli import main; main()", "batch"]
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_driver_killed_mid_batch_then_resumed(tmp_path: Path, bundle: Path, signum: int) -> None:
-    slides = write_slides(tmp_path / "in", [(160, 160)] * 6)
+    slides = write_slides(tmp_path / "in", [(160, 160)] * 16)
     out = tmp_path / "out"
     args = [str(a) for a in [*slides, "--out-dir", out, "-m", bundle, *OPTS, "--threads", "1"]]
     proc = subprocess.Popen([*DRIVER, *args, "-q"], stderr=subprocess.PIPE, text=True)

@@ -152,7 +152,7 @@ def test_worker_dying_past_its_retries_fails_that_slide_only(
 def test_driver_killed_then_resumed_on_the_cluster(
     tmp_path: Path, bundle: Path, cluster: str, signum: int
 ) -> None:
-    slides = write_slides(tmp_path / "in", [(256, 256)] * 6)
+    slides = write_slides(tmp_path / "in", [(256, 256)] * 16)
     out = tmp_path / "out"
     args = [
         str(a) for a in [*slides, "--out-dir", out, "-m", bundle, *OPTS, "--ray=" + cluster, "--workers", "1"]

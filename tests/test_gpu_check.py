@@ -56,6 +56,21 @@ def test_dry_run_plans_every_step_and_writes_the_summary(tmp_path: Path) -> None
     assert json.loads((out / "logs" / "env.json").read_text())["dry_run"] is True
 
 
+def test_a_checkout_without_an_install_gets_dnrt_installed(tmp_path: Path) -> None:
+    """On a bare GPU machine only the checkout is there: ``./dnrt`` imports from the repository
+    root but ``dnrt.runtime`` does not, so the check must install the checkout itself."""
+    python = tmp_path / "python-without-site"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')  # no site-packages: no install
+    python.chmod(0o755)
+    check = _module().Check(tmp_path / "out", str(python), False, 120, None)
+    assert check.importable({"dnrt": "dnrt", "dnrt.runtime": "dnrt-runtime"}) == ["dnrt-runtime"]
+    commands: list[list[str]] = []
+    check.run = lambda step, cmd, limit, env=None, log_name="": commands.append(cmd) or True
+    assert check.step_deps() is False  # -S hides numpy & co. too: reported missing, not crashed
+    assert [c[-2:] for c in commands] == [["-e", "."]]
+    assert "missing: numpy" in check.steps[-1].detail
+
+
 def test_bench_command_lines_are_checked_by_dnrt_bench(tmp_path: Path) -> None:
     check = _module().Check(tmp_path, sys.executable, True, 60, None)
     args = check.bench_args("torch-cuda", "fp16", 30)

@@ -150,10 +150,15 @@ class Check:
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     def importable(self, modules: dict[str, str]) -> list[str]:
+        # find_spec of a submodule imports its parent, which may itself fail: that is missing too.
         code = (
-            "import importlib.util, json; print(json.dumps([m for m in "
-            + json.dumps(list(modules))
-            + " if importlib.util.find_spec(m) is None]))"
+            "import importlib.util, json\n"
+            "def found(m):\n"
+            "    try:\n"
+            "        return importlib.util.find_spec(m) is not None\n"
+            "    except Exception:\n"
+            "        return False\n"
+            "print(json.dumps([m for m in " + json.dumps(list(modules)) + " if not found(m)]))"
         )
         out = self.probe(code)
         return [modules[m] for m in json.loads(out)] if out is not None else list(modules.values())
@@ -211,14 +216,25 @@ class Check:
     def step_deps(self) -> bool:
         step = self.step("deps")
         started = time.monotonic()
-        runtime = {**RUNTIME_DEPS, "dnrt": "dnrt"}
-        if self.wheels and not self.dry_run:
-            # One package at a time: a wheel that was not carried must not stop the others.
-            wanted = self.importable({**RUNTIME_DEPS, "pytest": "pytest", **EXPORT_DEPS})
-            for name in wanted:
-                pip = [self.python, "-m", "pip", "install", "--no-index", "--find-links", str(self.wheels)]
-                self.run(step, [*pip, name], 60, log_name=f"deps-{name}")
-            if self.importable({"dnrt": "dnrt"}):
+        # ``dnrt.runtime``, not ``dnrt``: from the checkout's root ``./dnrt`` always imports, but
+        # ``dnrt.runtime`` maps to ``runtime/`` only through an install (pyproject's package-dir).
+        runtime = {**RUNTIME_DEPS, "dnrt.runtime": "dnrt"}
+        if not self.dry_run:
+            if self.wheels:
+                # One package at a time: a wheel that was not carried must not stop the others.
+                wanted = self.importable({**RUNTIME_DEPS, "pytest": "pytest", **EXPORT_DEPS})
+                for name in wanted:
+                    pip = [
+                        self.python,
+                        "-m",
+                        "pip",
+                        "install",
+                        "--no-index",
+                        "--find-links",
+                        str(self.wheels),
+                    ]
+                    self.run(step, [*pip, name], 60, log_name=f"deps-{name}")
+            if self.importable({"dnrt.runtime": "dnrt"}):  # a bare machine: the copied checkout only
                 pip = [self.python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation"]
                 self.run(step, [*pip, "-e", "."], 120, log_name="deps-dnrt")
         missing = self.importable(runtime)

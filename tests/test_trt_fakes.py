@@ -140,6 +140,28 @@ def test_trt_fp16_path_runs_and_keeps_reductions_fp32(
     assert np.abs(got - ort_results["dn"]).max() <= 1
 
 
+@pytest.mark.parametrize(
+    ("mode", "schedule"), [("in", "streaming"), ("tin", "streaming"), ("kin", "two-pass"), ("dn", "two-pass")]
+)
+def test_trt_fp16_io_every_mode_and_schedule(
+    fake_gpu, small_bundle_path, tissue, ort_results, mode: str, schedule: str
+) -> None:
+    """fp16 engine I/O in every mode: the statistics each mode feeds back (TIN's and KIN's
+    thumbnail pass, DN's table) travel in the engine's types, not an assumed float32."""
+    with Translator(
+        small_bundle_path,
+        mode=mode,
+        schedule=schedule,
+        backend="trt",
+        kin_kernel=3,
+        batch=3,
+        backend_options={"precision": "fp16", "batch": 2},
+    ) as t:
+        got = t.translate(tissue).astype(np.int16)
+        assert t.backend.stats_engine.dtypes["tiles"] == np.float16
+    assert np.abs(got - ort_results[mode]).max() <= 1, (mode, schedule)
+
+
 def _tensorrt_11(monkeypatch) -> None:
     """Make the fake look like TensorRT 11: strongly typed only, no FP16 / precision-constraint flags."""
     import enum

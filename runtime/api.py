@@ -324,8 +324,13 @@ class Translator:
         manifest = self.bundle.manifest
         if source.channels != manifest.in_channels:
             what = "a gray" if source.channels == 1 else f"a {source.channels}-channel"
+            hint = ""
+            if manifest.in_channels == 1 and source.channels == 3:
+                from dnrt.runtime.io.intensity import TO_GRAY_TEXT
+
+                hint = f": set to_gray=True (--to-gray) to convert it ({TO_GRAY_TEXT})"
             raise DnrtError(
-                f"the model takes {manifest.in_channels}-channel images; the input is {what} image"
+                f"the model takes {manifest.in_channels}-channel images; the input is {what} image{hint}"
             )
 
     def _plan(self, source: Any) -> TilePlan:

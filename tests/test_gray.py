@@ -115,6 +115,12 @@ def test_rgb_for_a_gray_model_needs_to_gray(tmp_path: Path, gray_bundle: Path) -
     luma = np.floor(weighted / 1000 + 0.5).astype(np.uint8)
     np.testing.assert_array_equal(luminance(rgb)[..., 0], luma)
     np.testing.assert_array_equal(tifffile.imread(out), _expected(gray_bundle, luma))
+    # The Python API says the same, naming its own switch.
+    match = r"3-channel image: set to_gray=True \(--to-gray\)"
+    with Translator(gray_bundle, backend="ort") as translator, pytest.raises(DnrtError, match=match):
+        translator.translate(rgb)
+    with Translator(gray_bundle, backend="ort", to_gray=True) as translator:
+        np.testing.assert_array_equal(translator.translate(rgb), _expected(gray_bundle, luma)[..., None])
 
 
 def test_16_bit_gray_needs_a_range(tmp_path: Path, gray_bundle: Path) -> None:

@@ -479,6 +479,47 @@ def _check_declared_size(path: Path, name: str, img: Any) -> None:
         )
     if img.format == "PNG":
         _check_png_data(path, name)
+    elif img.format == "JPEG":
+        _check_jpeg_data(path, name, width, height)
+
+
+#: A Huffman-coded JPEG spends at least one bit on every MCU (each block's DC code; baseline adds
+#: an end-of-block code), and an MCU covers at most 32 x 32 px (8 px blocks, sampling factors up
+#: to 4): a file smaller than that cannot hold the declared image, and libjpeg would fill the
+#: missing part with grey, slowly, for as large a size as a header declares.
+_JPEG_MAX_PIXELS_PER_BIT = 32 * 32
+#: Start-of-frame markers of arithmetic-coded JPEGs (adaptive coding has no per-MCU minimum).
+_JPEG_ARITHMETIC_SOF = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def _jpeg_frame_marker(path: Path) -> int | None:
+    """The JPEG's start-of-frame marker (0xC0-0xCF bar DHT/JPG/DAC), walking the segment headers."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            return None
+        for _ in range(1000):  # headers before the frame are few; a loop of junk ends here
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0xFF:
+                return None
+            marker, length = head[1], int.from_bytes(head[2:4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return marker
+            if marker == 0xDA or length < 2:  # scan data before any frame: not a valid JPEG
+                return None
+            fh.seek(length - 2, os.SEEK_CUR)
+    return None
+
+
+def _check_jpeg_data(path: Path, name: str, width: int, height: int) -> None:
+    if _jpeg_frame_marker(path) in _JPEG_ARITHMETIC_SOF:
+        return
+    size = path.stat().st_size
+    least = width * height // (_JPEG_MAX_PIXELS_PER_BIT * 8)
+    if size < least:
+        raise DnrtError(
+            f"{name} declares {width} x {height} px in a file of {size} bytes; a JPEG of that size "
+            f"needs at least {least} bytes: it is truncated or a decompression bomb"
+        )
 
 
 def _png_data_bytes(width: int, height: int, channels: int, depth: int, interlaced: bool) -> int:

@@ -139,6 +139,20 @@ def _jpeg_cut() -> bytes:
     return buffer.getvalue()[: len(buffer.getvalue()) // 2]
 
 
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header is patched to declare ``width`` x ``height`` px."""
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(_rgb(16, 16)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame: FFC0, length, precision, height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 def _png_ok() -> bytes:
     from PIL import Image
 
@@ -184,6 +198,12 @@ CASES: list[Case] = [
     Case("png-stream-ends-early", _raw("short.png", lambda: png(64, 64, rows=30)), FAILURE, "truncated"),
     Case("png-file-cut", _raw("cut.png", lambda: png(64, 64)[:50]), FAILURE, "truncated"),
     Case("jpeg-file-cut", _raw("cut.jpg", _jpeg_cut), FAILURE, "truncated"),
+    Case(  # small enough for the memory check to pass: refused for its size alone
+        "jpeg-small-file-declaring-8000px",
+        _raw("bomb.jpg", lambda: _jpeg_declaring(8000, 8000)),
+        FAILURE,
+        "a JPEG of that size needs at least",
+    ),
     # -- 5. compression options ---------------------------------------------------------------
     Case("lzw-with-level", _options("--compression", "lzw:5"), USAGE, "lzw"),
     Case("jpeg-level-500", _options("--compression", "jpeg:500"), USAGE, "1 to 100"),

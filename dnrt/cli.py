@@ -371,3 +371,7 @@ def trt_translate_main() -> None:
     from dnrt.runtime.cli import translate_command
 
     translate_command()
+
+
+if __name__ == "__main__":  # python -m dnrt.cli
+    main()

@@ -481,6 +481,12 @@ class Translator:
             estimate.output_bytes = output_bytes(
                 source.height, source.width, manifest.out_channels, options.compression, pyramid
             )
+            if pyramid:  # the reduced levels are spilled raw beside the destination until the end
+                from dnrt.runtime.io.pyramid import spill_bytes
+
+                estimate.output_bytes += spill_bytes(
+                    source.height, source.width, manifest.out_channels, options.writer_tile
+                )
             estimate.disk_free_bytes = disk_free(output)
         check_fits(estimate, force=options.force)
         return estimate
@@ -554,7 +560,8 @@ class Translator:
         self._check_source(source)
         plan = self._plan(source)
         estimate = self._preflight(source, plan, output, options)
-        self.open()
+        # The model loads in _run, under the progress bar (a TensorRT build can take minutes);
+        # a failure there aborts the writer like any other.
         writer = open_writer(
             output,
             source.height,

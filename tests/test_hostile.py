@@ -821,6 +821,16 @@ def test_preflight_estimates_are_reported(work: Path, bundle: Path) -> None:
     assert result.exit_code == 0, result.stderr
     pre = json.loads(result.stdout)["preflight"]
     assert pre["output_bytes"] == 40 * 50 * 3
+    # A pyramid adds its levels (a third) and, while it is built, their raw spill files beside
+    # the destination: levels of 20 x 25 px and 10 x 13 px (writer tile 16), 3 channels each.
+    result = CliRunner().invoke(
+        translate_command,
+        [str(work / "in.tif"), "-o", str(work / "p.tif"), "-m", str(bundle), "--json"]
+        + ["--compression", "none", "--pyramid", "--writer-tile", "16"],
+    )
+    assert result.exit_code == 0, result.stderr
+    spill = (20 * 25 + 10 * 13) * 3
+    assert json.loads(result.stdout)["preflight"]["output_bytes"] == int(40 * 50 * 3 * 4 / 3) + spill
     assert pre["peak_memory_bytes"] >= pre["network_bytes"] > 0
     assert pre["disk_free_bytes"] == budget.disk_free(work / "o.tif") or pre["disk_free_bytes"] > 0
 
@@ -835,6 +845,27 @@ def test_progress_is_shown_before_the_first_tile(
     assert "pre-flight: peak memory ~" in err
     shown = [err.find(word) for word in ("loading the model", "thumbnail 1/3 rows", "thumbnail 3/3 rows")]
     assert -1 not in shown and shown == sorted(shown), err
+
+
+def test_the_model_loads_under_the_progress_bar(
+    work: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow model load (a TensorRT build takes minutes) happens with the bar already up."""
+    from dnrt.runtime import api, progress
+    from dnrt.runtime.api import Translator
+
+    events: list[str] = []
+    enter = progress.Progress.__enter__
+    monkeypatch.setattr(api.Progress, "__enter__", lambda self: events.append("bar") or enter(self))
+    translator = Translator(bundle, mode="dn", progress=False)
+    backend = type(translator.backend)
+    activate = backend.activate
+    monkeypatch.setattr(backend, "activate", lambda self: events.append("load") or activate(self))
+    try:
+        translator.translate_file(work / "in.tif", work / "o.tif")
+    finally:
+        translator.close()
+    assert events[:2] == ["bar", "load"], events
 
 
 # --------------------------------------------------------------------------- 10. TIFF orientation

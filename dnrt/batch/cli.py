@@ -251,7 +251,7 @@ def batch_command(**kwargs: Any) -> None:
     """Translate SLIDES (or those of --list) into --out-dir; re-running skips the finished ones.
 
     Exit status: 0 all translated, 3 some failed (recorded in the ledger, the others went on),
-    1 the batch could not run, 2 usage error, 130/143 interrupted (re-run to finish).
+    1 the batch could not run, 2 usage error, 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP (re-run to finish).
     """
     from dnrt.batch.cluster import ClusterUnreachable
     from dnrt.interrupts import describe, exit_code_of, signals_interrupt

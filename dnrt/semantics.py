@@ -401,10 +401,13 @@ def check_map_sizes(tile: int, margin: int, strides: list[int], multiple: int = 
     ``2**depth``; the manifest's ``network_multiple``).
     """
     if tile <= 0 or margin < 0:
-        raise DnrtError(f"tile must be positive and margin non-negative (got tile={tile}, margin={margin})")
-    if margin >= tile:
         raise DnrtError(
-            f"margin ({margin}) must be smaller than the tile ({tile}): a margin reaches at most into the neighbouring tiles"
+            f"tile must be positive and margin non-negative (got tile={tile}, margin={margin})", exit_code=2
+        )
+    if margin >= tile:  # an option out of its range: a usage error, like every other bound
+        raise DnrtError(
+            f"margin ({margin}) must be smaller than the tile ({tile}): a margin reaches at most into the neighbouring tiles",
+            exit_code=2,
         )
     size = tile + 2 * margin
     if size % multiple:

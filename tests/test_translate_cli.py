@@ -228,7 +228,7 @@ def test_bad_options(work: Path, bundle: Path) -> None:
     _expect_error(work, [inp, "-o", work / "out.xyz", *m], "suffix")
     _expect_error(work, [inp, "-o", inp, *m, "--overwrite"], "input")
     # The fidelity options (issue 12): margins the tile or the map sizes refuse, unknown rules.
-    _expect_error(work, [inp, "-o", out, *m, "--margin", "40"], "smaller than the tile")
+    _expect_error(work, [inp, "-o", out, *m, "--margin", "40"], "smaller than the tile", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--margin-source", "zeros"], "'--margin-source'", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--degenerate", "median"], "'--degenerate'", code=2)
     _expect_error(work, [inp, "-o", out, *m, "--degenerate-ratio", "0"], "'--degenerate-ratio'", code=2)

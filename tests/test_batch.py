@@ -317,6 +317,32 @@ def test_unwritable_out_dir_probe_writes_for_real(tmp_path: Path, monkeypatch: p
         Ledger(tmp_path).open()
 
 
+def test_a_failed_join_names_token_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray joins an address without the cluster's token unless RAY_AUTH_MODE=token, and then
+    reports only "Failed to connect": the error line says what to set."""
+    import types
+
+    from dnrt.batch import cluster
+
+    def init(**kwargs: object) -> None:
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:1\nmore detail")
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init)
+    monkeypatch.setattr(cluster, "_import_ray", lambda local=False: fake)
+    monkeypatch.setattr(cluster, "_check_reachable", lambda address, timeout: None)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(DnrtError) as error:
+        cluster.connect("127.0.0.1:1", timeout=10)
+    assert str(error.value) == (
+        "cannot join the Ray cluster at 127.0.0.1:1: Failed to connect to Ray cluster at 127.0.0.1:1 "
+        "(a cluster started with token authentication, Ray's default, needs RAY_AUTH_MODE=token and "
+        "its token: ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    )
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # set: the plain reason
+    with pytest.raises(DnrtError, match=r"127.0.0.1:1$"):
+        cluster.connect("127.0.0.1:1", timeout=10)
+
+
 def test_second_driver_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     with Ledger(tmp_path), pytest.raises(DnrtError, match="another dnrt batch"):
         Ledger(tmp_path).open()

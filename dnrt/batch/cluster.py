@@ -53,6 +53,8 @@ class ClusterUnreachable(DnrtError):
 #: Ray reads this when imported: "0" makes a cluster it starts use the loopback address, as on
 #: macOS/Windows, instead of the machine's network address.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Ray's switch for token authentication; a driver joining by address must set it to "token".
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 def _import_ray(local: bool = False) -> Any:
@@ -134,6 +136,12 @@ def connect(address: str | None, *, timeout: float | None = None) -> bool:
     if failure:
         first = str(failure[0]).strip().splitlines()
         reason = first[0] if first else type(failure[0]).__name__
+        if "address" in kwargs and not os.environ.get(AUTH_MODE_ENV):
+            # Ray joins an address without its token unless told to, and then only says it failed.
+            reason += (
+                f" (a cluster started with token authentication, Ray's default, needs {AUTH_MODE_ENV}=token "
+                "and its token: ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            )
         raise DnrtError(f"cannot join the Ray cluster at {address or 'local'}: {reason}")
     return True
 

@@ -70,6 +70,34 @@ def test_svs_auto_stays_on_tifffile(tmp_path: Path) -> None:
         assert source.reader == "tifffile" and "SVS" in source.description
 
 
+def test_philips_tiff_resolution_through_tifffile(tmp_path: Path) -> None:
+    """Philips TIFF keeps its resolution in the XML description (DICOM_PIXEL_SPACING, mm, one
+    per level, row spacing first): the finest level's becomes the slide's mpp."""
+    import tifffile
+
+    def spacing(mm: float) -> str:
+        return (
+            '<DataObject ObjectType="PixelDataRepresentation">'
+            f'<Attribute Name="DICOM_PIXEL_SPACING" Group="0x0028" Element="0x0030" PMSVR="IDoubleArray">'
+            f"&quot;{mm * 1.5:g}&quot; &quot;{mm:g}&quot;</Attribute></DataObject>"
+        )
+
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+        '<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE" PMSVR="IDataObjectArray"><Array>'
+        + spacing(0.0005)
+        + spacing(0.00025)
+        + "</Array></Attribute></DataObject>"
+    )
+    path = tmp_path / "philips.tiff"
+    tifffile.imwrite(
+        path, tissue(128, 128), photometric="rgb", tile=(64, 64), software="Philips DP v1.0", description=xml
+    )
+    with open_image(path) as source:
+        assert source.reader == "tifffile" and source.flavour == "philips"
+        assert source.mpp == pytest.approx((0.25, 0.375))
+
+
 def test_generic_pyramidal_tiff_same_pixels(tmp_path: Path) -> None:
     openslide = _openslide()
     path = tmp_path / "pyramid.tif"

@@ -643,8 +643,26 @@ def _resolution(tif: Any, page: Any) -> tuple[tuple[float, float] | None, str | 
     return None, None
 
 
+def _philips_spacing(xml: str) -> tuple[float, float] | None:
+    """Microns per pixel (x, y) of a Philips TIFF's finest level: the smallest
+    ``DICOM_PIXEL_SPACING`` (millimetres, row spacing first, each value in quotes)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    best: tuple[float, float] | None = None
+    for element in ET.fromstring(xml).iter("Attribute"):
+        if element.get("Name") != "DICOM_PIXEL_SPACING":
+            continue
+        values = [float(v) for v in re.findall(r'"\s*([0-9.eE+-]+)\s*"', element.text or "")]
+        if len(values) == 2 and min(values) > 0 and (best is None or values[1] * 1e3 < best[0]):
+            best = (values[1] * 1e3, values[0] * 1e3)
+    return best
+
+
 def _microns_per_pixel(tif: Any, page: Any) -> tuple[float, float] | None:
     try:
+        if tif.is_philips and tif.philips_metadata:
+            return _philips_spacing(tif.philips_metadata)
         if tif.is_svs and page.description:
             from tifffile.tifffile import svs_description_metadata
 

@@ -22,8 +22,6 @@ import threading
 import time
 from typing import Any
 
-GPU_BACKENDS = ("ort-cuda", "torch-cuda", "trt")
-
 
 def _rss_now_mb() -> float:
     try:

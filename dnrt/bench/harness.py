@@ -32,6 +32,7 @@ from typing import Any
 
 from dnrt.bench.machine import describe_machine, load_average, machine_info, versions
 from dnrt.errors import DnrtError
+from dnrt.runtime.options import GPU_BACKENDS
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -87,7 +88,6 @@ PAPER_TABLE_S1: dict[str, dict[str, Any]] = {
 }
 PAPER_NOTE = "paper Table S1: RTX 3090, PyTorch fp32, official 64-feature generator; different hardware"
 
-GPU_BACKENDS = ("ort-cuda", "torch-cuda", "trt")
 #: Thresholds of the expectations: what DN's seams should look like against the ground truth's.
 SEAM_CLOSE_TO_ONE = 1.10
 #: DN's seam score may exceed the ground truth's own (its noise floor) by this much.

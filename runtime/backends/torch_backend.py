@@ -19,10 +19,8 @@ import numpy as np
 from dnrt.bundle import Bundle
 from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend, BackendContext
+from dnrt.runtime.options import PRECISIONS
 from dnrt.semantics import CollectFlavour
-
-#: Activation dtypes by ``--precision`` name.
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -14,15 +14,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dnrt.errorline import first_line
 from dnrt.errors import DnrtError
 
 if TYPE_CHECKING:
     from dnrt.runtime.options import TranslateOptions
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class SlideWorker:
@@ -51,11 +47,14 @@ class SlideWorker:
                 ) from None
             report = self.translator.translate_file(input, output, overwrite=overwrite)
         except DnrtError as exc:
-            result.update(status="failed", error=one_line(exc))
+            result.update(status="failed", error=first_line(exc, empty=type(exc).__name__))
         except MemoryError:
             result.update(status="failed", error="out of memory (try a smaller --batch or --tile)")
         except Exception as exc:  # a reader or backend bug on this slide: isolate it
-            result.update(status="failed", error=f"internal error: {type(exc).__name__}: {one_line(exc)}")
+            result.update(
+                status="failed",
+                error=f"internal error: {type(exc).__name__}: {first_line(exc, empty=type(exc).__name__)}",
+            )
         else:
             result.update(
                 status="done",

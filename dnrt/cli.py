@@ -326,9 +326,9 @@ def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
 
     trtexec --onnx=OUT --dynamicPlugins=libdnrt_trt_plugin.so
     """
+    from dnrt.atomic import commit, create_temp, remove_quietly, remove_stale_temps
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends.trt import prepare_onnx_for_tensorrt
-    from dnrt.runtime.io.atomic import commit, create_temp, remove_quietly, remove_stale_temps
 
     bundle = load_bundle(model)
     if output.exists() and not overwrite:

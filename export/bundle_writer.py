@@ -13,12 +13,12 @@ import onnx
 import torch
 
 import dnrt
+from dnrt.atomic import apply_umask, create_temp_dir, remove_stale_temps, temp_name
 from dnrt.bundle import COLLECT_GRAPH, DENSE_GRAPH, MANIFEST, STATS_GRAPH, WEIGHTS, Manifest
 from dnrt.errors import DnrtError
 from dnrt.export.onnx_export import export_dense_graph, export_stats_graph, statistics_only
 from dnrt.models.normswap import DnrtModel
 from dnrt.ops import MIN_OPSET
-from dnrt.runtime.io.atomic import apply_umask, create_temp_dir, remove_stale_temps, temp_name
 from dnrt.semantics import check_map_sizes, collect_flavour
 
 #: Largest |ORT - PyTorch| an fp32 export may show (issue 2).

@@ -264,8 +264,8 @@ def dnrtpy_model_close(model_id: int) -> None:
 def dnrtpy_translate_file(
     model_id: int, in_pointer: Any, out_pointer: Any, options: Any, progress: Any, user: Any
 ) -> None:
+    from dnrt.atomic import output_kind
     from dnrt.runtime.io import Compression, check_output_path, open_image
-    from dnrt.runtime.io.atomic import output_kind
 
     translator = _translator(model_id)
     input_path, output_path = _path(in_pointer), _path(out_pointer)

@@ -4,7 +4,7 @@ The bundle is loaded once, when the worker is created, and the Translator (and i
 sessions) is reused for every slide the worker gets. A slide's failure is returned as a record
 with its one-line error, so a corrupt slide never stops the worker; only an interrupt (Ctrl-C,
 SIGTERM) propagates. The output is written by ``Translator.translate_file``: to a temporary name
-beside the destination, renamed when complete (``runtime/io/atomic.py``).
+beside the destination, renamed when complete (``dnrt/atomic.py``).
 """
 
 from __future__ import annotations

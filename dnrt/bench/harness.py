@@ -223,7 +223,7 @@ def demo_bundle(directory: Path, log: Log) -> Path:
         return out
     directory.mkdir(parents=True, exist_ok=True)
     log(f"exporting the demo model to {out}")
-    from dnrt.runtime.io.atomic import remove_stale_temps, temp_name
+    from dnrt.atomic import remove_stale_temps, temp_name
 
     remove_stale_temps(out)
     tmp = temp_name(out)  # export writes the folder; it appears under its name only when whole
@@ -889,7 +889,7 @@ def write_json(result: dict[str, Any], path: Path) -> None:
             return [clean(v) for v in x]
         return x
 
-    from dnrt.runtime.io.atomic import write_file_atomic
+    from dnrt.atomic import write_file_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

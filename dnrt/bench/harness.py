@@ -197,11 +197,14 @@ def synthetic_pair(
     directory.mkdir(parents=True, exist_ok=True)
     log(f"generating the synthetic slide {height} x {width} (seed {seed}, {conditions.name}) in {directory}")
     # Written in a private folder and moved in place, so a cache is never half written.
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=directory))
+    from dnrt.atomic import commit, create_temp_dir, remove_stale_temps
+
+    remove_stale_temps(he)
+    tmp = create_temp_dir(he)
     try:
         a, b = write_pair(tmp, seed, height, width, scanner=conditions)
-        os.replace(a, he)
-        os.replace(b, ihc)
+        commit(Path(a), he, overwrite=True)
+        commit(Path(b), ihc, overwrite=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return he, ihc
@@ -223,7 +226,7 @@ def demo_bundle(directory: Path, log: Log) -> Path:
         return out
     directory.mkdir(parents=True, exist_ok=True)
     log(f"exporting the demo model to {out}")
-    from dnrt.atomic import remove_stale_temps, temp_name
+    from dnrt.atomic import commit_dir, remove_stale_temps, temp_name
 
     remove_stale_temps(out)
     tmp = temp_name(out)  # export writes the folder; it appears under its name only when whole
@@ -235,7 +238,7 @@ def demo_bundle(directory: Path, log: Log) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, out)
+    commit_dir(tmp, out)
     return out
 
 

@@ -53,7 +53,3 @@ def cached_engine(which: str, key: str, build: Callable[[], bytes]) -> tuple[byt
 
     write_file_atomic(path, data)
     return data, True
-
-
-def engine_path(which: str, key: str) -> Path:
-    return cache_dir() / f"{which}_{key}.engine"

@@ -1,6 +1,6 @@
 """Exceptions to one ``error: ...`` line: what every dnrt command prints instead of a traceback.
 
-One rule for ``dnrt``, ``export-model``, ``trt-translate`` and ``dnrt bench``:
+One rule for ``dnrt``, ``export-model``, ``trt-translate``, ``dnrt batch`` and ``dnrt bench``:
 
 - a :class:`~dnrt.errors.DnrtError` prints its first line and exits with its ``exit_code``
   (2 for usage errors, 1 otherwise);

@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 
 #: Set (to anything non-empty) to get tracebacks instead of the one line.
 DEBUG_ENV = "DNRT_DEBUG"
@@ -35,12 +35,6 @@ def debugging() -> bool:
 
 #: What an interrupted command says after what stopped it, unless the command says otherwise.
 INTERRUPTED_NOTE = "nothing written"
-
-
-def first_line(exc: BaseException, empty: str = "") -> str:
-    """The first line of ``exc``'s message (``empty`` when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else empty
 
 
 def describe_error(exc: BaseException, interrupted: str = INTERRUPTED_NOTE) -> tuple[str, int]:

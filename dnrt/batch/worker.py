@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dnrt.errorline import first_line
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 
 if TYPE_CHECKING:
     from dnrt.runtime.options import TranslateOptions

@@ -318,12 +318,14 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         result = {"ok": False, "error": "out of memory", "peak_rss_mb": _peak_rss_mb()}
     except Exception as exc:  # reported to the parent as one line; the parent decides what it means
-        if os.environ.get("DNRT_DEBUG"):
+        from dnrt.errorline import debugging  # click: only on this path
+        from dnrt.errors import first_line
+
+        if debugging():
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         result = {
             "ok": False,
-            "error": first,
+            "error": first_line(exc, empty=type(exc).__name__),
             "error_type": type(exc).__name__,
             "peak_rss_mb": _peak_rss_mb(),
         }

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dnrt.atomic import commit, create_temp, remove_quietly, remove_stale_temps
-from dnrt.bench.harness import run_child
+from dnrt.bench.harness import measured_options, run_child
 from dnrt.bench.machine import load_average, machine_info, versions
 from dnrt.errors import DnrtError
 
@@ -57,6 +57,13 @@ def _spec(task: str, model: Path | None, image: Path, output: Path, **extra: Any
         spec["model"] = str(model)
     spec.update(extra)
     return spec
+
+
+def _options(mode: str, schedule: str, backend: str, threads: int | None) -> dict[str, Any]:
+    """A translate spec's options: the runtime's defaults but these."""
+    from dnrt.runtime.options import TranslateOptions
+
+    return measured_options(TranslateOptions(mode=mode, schedule=schedule, backend=backend, threads=threads))
 
 
 def _work(workdir: Path | None) -> tuple[Path, bool]:
@@ -100,10 +107,8 @@ def memory_scaling(
                 model,
                 image,
                 output,
-                mode=mode,
-                schedule=schedule,
                 backend=backend,
-                threads=threads,
+                options=_options(mode, schedule, backend, threads),
             )
             res = run_child(spec, work, timeout)
             if not res.get("ok"):
@@ -215,10 +220,8 @@ def io_overhead(
                         model,
                         image,
                         output,
-                        mode=mode,
-                        schedule=schedule,
                         backend=backend,
-                        threads=threads,
+                        options=_options(mode, schedule, backend, threads),
                     )
                 res = run_child(spec, work, timeout)
                 if not res.get("ok"):

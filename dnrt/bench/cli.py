@@ -172,7 +172,7 @@ def bench_command(
     for variant in scanners:
         parse_scanner(variant)
     # The translation settings are checked by the runtime's own validator, before any run.
-    TranslateOptions(
+    translate = TranslateOptions(
         backend=backend,
         batch=batch,
         threads=threads,
@@ -191,17 +191,8 @@ def bench_command(
         ground_truth=ground_truth,
         seed=seed,
         modes=parse_modes(modes),
-        backend=backend.lower(),
-        batch=batch,
-        threads=threads,
-        tile=tile,
-        margin=margin,
-        margin_source=margin_source.lower(),
-        degenerate=degenerate.lower() if degenerate else None,
-        degenerate_ratio=degenerate_ratio,
-        precision=precision,
+        translate=translate,
         repeat=repeat,
-        compression=compression,
         max_whole_megapixels=max_whole_megapixels,
         fidelity=not no_fidelity,
         workdir=workdir,

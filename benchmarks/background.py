@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dnrt.atomic import commit, create_temp, remove_quietly, remove_stale_temps
 from dnrt.bench.harness import demo_bundle, write_json
 from dnrt.bench.machine import describe_machine, machine_info, versions
 from dnrt.data.synthetic import GLASS_RGB, MICRONS_PER_PIXEL, parse_scanner, parse_size, render_region
@@ -57,19 +58,23 @@ def write_benchmark_slide(path: Path, tissue: tuple[int, int], width: int, scann
 
     px_per_cm = 1e4 / MICRONS_PER_PIXEL
     compression = {"compression": "jpeg", "compressionargs": {"level": scanner.jpeg}} if scanner.jpeg else {}
-    tmp = path.with_name(f".{path.name}.tmp")
     pixels = np.concatenate(list(bands()))  # a benchmark-sized slide: held whole while written
-    tifffile.imwrite(
-        tmp,
-        pixels,
-        bigtiff=True,
-        photometric="rgb",
-        tile=(512, 512),
-        resolution=(px_per_cm, px_per_cm),
-        resolutionunit="CENTIMETER",
-        **(compression or {"compression": "zlib"}),
-    )
-    tmp.replace(path)
+    remove_stale_temps(path)
+    tmp = create_temp(path)
+    try:
+        tifffile.imwrite(
+            tmp,
+            pixels,
+            bigtiff=True,
+            photometric="rgb",
+            tile=(512, 512),
+            resolution=(px_per_cm, px_per_cm),
+            resolutionunit="CENTIMETER",
+            **(compression or {"compression": "zlib"}),
+        )
+        commit(tmp, path, overwrite=True)
+    finally:
+        remove_quietly(tmp)
     return tissue_pixels / (th * width)
 
 

@@ -12,7 +12,6 @@ Each run is a fresh process (``dnrt.bench.child``), like ``dnrt bench``'s. The s
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -20,7 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dnrt.bench.harness import run_child
+from dnrt.atomic import commit, create_temp, remove_quietly, remove_stale_temps
+from dnrt.bench.harness import measured_options, run_child
 from dnrt.bench.machine import load_average, machine_info, versions
 from dnrt.errors import DnrtError
 
@@ -39,14 +39,14 @@ def synthetic_slide(directory: Path, seed: int, height: int, width: int, log: Lo
         return path
     directory.mkdir(parents=True, exist_ok=True)
     log(f"generating a synthetic slide {height} x {width} in {directory}")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    remove_stale_temps(path)
+    tmp = create_temp(path)
     start = time.perf_counter()
     try:
         write_slide(tmp, seed, height, width, "he")
-        os.replace(tmp, path)
+        commit(tmp, path, overwrite=True)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        remove_quietly(tmp)
     log(f"  written in {time.perf_counter() - start:.0f} s")
     return path
 
@@ -57,6 +57,13 @@ def _spec(task: str, model: Path | None, image: Path, output: Path, **extra: Any
         spec["model"] = str(model)
     spec.update(extra)
     return spec
+
+
+def _options(mode: str, schedule: str, backend: str, threads: int | None) -> dict[str, Any]:
+    """A translate spec's options: the runtime's defaults but these."""
+    from dnrt.runtime.options import TranslateOptions
+
+    return measured_options(TranslateOptions(mode=mode, schedule=schedule, backend=backend, threads=threads))
 
 
 def _work(workdir: Path | None) -> tuple[Path, bool]:
@@ -100,10 +107,8 @@ def memory_scaling(
                 model,
                 image,
                 output,
-                mode=mode,
-                schedule=schedule,
                 backend=backend,
-                threads=threads,
+                options=_options(mode, schedule, backend, threads),
             )
             res = run_child(spec, work, timeout)
             if not res.get("ok"):
@@ -215,10 +220,8 @@ def io_overhead(
                         model,
                         image,
                         output,
-                        mode=mode,
-                        schedule=schedule,
                         backend=backend,
-                        threads=threads,
+                        options=_options(mode, schedule, backend, threads),
                     )
                 res = run_child(spec, work, timeout)
                 if not res.get("ok"):

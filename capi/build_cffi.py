@@ -27,6 +27,7 @@ import re
 import stat
 import sys
 import sysconfig
+import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -72,16 +73,23 @@ def header_declarations(text: str) -> str:
     return "\n".join([*enums, *callbacks, *structs])
 
 
+def _checkout_dnrt() -> types.ModuleType:
+    """The dnrt package of this source tree (the one the library embeds)."""
+    sys.path.insert(0, str(HERE.parent))
+    try:
+        import dnrt
+        import dnrt.atomic  # write_if_changed
+    finally:
+        sys.path.pop(0)
+    return dnrt
+
+
 def check_version(header: str) -> str:
     """The header's version must be the Python package's: one number for the whole of dnrt."""
     found = dict(re.findall(r"#define DNRT_VERSION_(MAJOR|MINOR|PATCH) (\d+)", header))
     version = f"{found['MAJOR']}.{found['MINOR']}.{found['PATCH']}"
     string = re.search(r'#define DNRT_VERSION_STRING "([^"]+)"', header)
-    sys.path.insert(0, str(HERE.parent))
-    try:
-        import dnrt
-    finally:
-        sys.path.pop(0)
+    dnrt = _checkout_dnrt()
     if string is None or string.group(1) != version or dnrt.__version__ != version:
         raise SystemExit(
             f"build_cffi: dnrt.h says {version} ({string.group(1) if string else 'no string'}), the dnrt "
@@ -163,9 +171,7 @@ def generate(out: Path) -> None:
 
 def write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        _checkout_dnrt().atomic.write_file_atomic(path, text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from dnrt import __version__
 from dnrt.bundle import check_batchnorm_mode, check_export_mpp
 from dnrt.errorline import OneLineCommand, OneLineGroup
 from dnrt.errors import DnrtError
+from dnrt.runtime.options import BACKEND_PRECISIONS
 
 # One rule for reporting errors everywhere (dnrt.errorline); the old names stay for the decorators.
 DnrtCommand = OneLineCommand
@@ -283,7 +284,7 @@ def build_plugins_command(
 
 @main.command("build-engine", cls=DnrtCommand)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(BACKEND_PRECISIONS["trt"]), default="fp32", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Largest tile batch.")
 @click.option("--tile", type=click.IntRange(min=8), default=None, help="Tile size [default: the bundle's].")
 @click.option("--margin", type=click.IntRange(min=0), default=None, help="Margin [default: the bundle's].")
@@ -325,9 +326,9 @@ def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
 
     trtexec --onnx=OUT --dynamicPlugins=libdnrt_trt_plugin.so
     """
+    from dnrt.atomic import commit, create_temp, remove_quietly, remove_stale_temps
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends.trt import prepare_onnx_for_tensorrt
-    from dnrt.runtime.io.atomic import commit, create_temp, remove_quietly, remove_stale_temps
 
     bundle = load_bundle(model)
     if output.exists() and not overwrite:

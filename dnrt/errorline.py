@@ -1,6 +1,6 @@
 """Exceptions to one ``error: ...`` line: what every dnrt command prints instead of a traceback.
 
-One rule for ``dnrt``, ``export-model``, ``trt-translate`` and ``dnrt bench``:
+One rule for ``dnrt``, ``export-model``, ``trt-translate``, ``dnrt batch`` and ``dnrt bench``:
 
 - a :class:`~dnrt.errors.DnrtError` prints its first line and exits with its ``exit_code``
   (2 for usage errors, 1 otherwise);
@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 
 #: Set (to anything non-empty) to get tracebacks instead of the one line.
 DEBUG_ENV = "DNRT_DEBUG"
@@ -33,22 +33,22 @@ def debugging() -> bool:
     return bool(os.environ.get(DEBUG_ENV))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+#: What an interrupted command says after what stopped it, unless the command says otherwise.
+INTERRUPTED_NOTE = "nothing written"
 
 
-def describe_error(exc: BaseException) -> tuple[str, int]:
-    """The line (without ``error: ``) and the exit code that report ``exc`` to a user."""
+def describe_error(exc: BaseException, interrupted: str = INTERRUPTED_NOTE) -> tuple[str, int]:
+    """The line (without ``error: ``) and the exit code that report ``exc`` to a user;
+    ``interrupted`` follows what stopped an interrupted run."""
     from dnrt.interrupts import describe, exit_code_of
 
     if isinstance(exc, DnrtError):
-        return _first_line(exc) or "failed", exc.exit_code
+        return first_line(exc) or "failed", exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
-        return f"{describe(exc)}; nothing written", exit_code_of(exc)
+        return f"{describe(exc)}; {interrupted}", exit_code_of(exc)
     if isinstance(exc, MemoryError):
         return "out of memory; try a smaller --batch or --tile", 1
-    return f"unexpected {type(exc).__name__}: {_first_line(exc)} (set {DEBUG_ENV}=1 for a traceback)", 1
+    return f"unexpected {type(exc).__name__}: {first_line(exc)} (set {DEBUG_ENV}=1 for a traceback)", 1
 
 
 class ErrorLine(click.ClickException):
@@ -59,17 +59,18 @@ class ErrorLine(click.ClickException):
         self.exit_code = exit_code
 
     @classmethod
-    def of(cls, exc: BaseException) -> ErrorLine:
-        message, code = describe_error(exc)
+    def of(cls, exc: BaseException, interrupted: str = INTERRUPTED_NOTE) -> ErrorLine:
+        message, code = describe_error(exc, interrupted)
         return cls(message, code)
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-def guarded(call: Callable[[], Any]) -> Any:
+def guarded(call: Callable[[], Any], interrupted: str = INTERRUPTED_NOTE) -> Any:
     """Run ``call`` with termination signals unwinding like Ctrl-C; report what escapes it as an
-    :class:`ErrorLine` (click's own exceptions and exits pass through; DNRT_DEBUG lets all pass)."""
+    :class:`ErrorLine` (click's own exceptions and exits pass through; DNRT_DEBUG lets all pass).
+    ``interrupted`` follows what stopped an interrupted run in its line."""
     from dnrt.interrupts import signals_interrupt
 
     try:
@@ -80,11 +81,14 @@ def guarded(call: Callable[[], Any]) -> Any:
     except (Exception, KeyboardInterrupt) as exc:
         if debugging():
             raise
-        raise ErrorLine.of(exc) from None
+        raise ErrorLine.of(exc, interrupted) from None
 
 
 class OneLineCommand(click.Command):
     """A click command whose usage errors and failures are one ``error:`` line each."""
+
+    #: What the line of an interrupted run says after what stopped it.
+    interrupted_note = INTERRUPTED_NOTE
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
@@ -98,7 +102,7 @@ class OneLineCommand(click.Command):
             raise ErrorLine(f"{exc.format_message()} (see {name} --help)", exit_code=2) from None
 
     def invoke(self, ctx: click.Context) -> Any:
-        return guarded(lambda: super(OneLineCommand, self).invoke(ctx))
+        return guarded(lambda: super(OneLineCommand, self).invoke(ctx), self.interrupted_note)
 
 
 class OneLineGroup(click.Group):

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, empty: str = "") -> str:
+    """The first line of ``exc``'s message (``empty`` when it has none): what dnrt shows of an
+    exception, its own or a library's, in a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else empty
+
+
 class DnrtError(Exception):
     """A problem with the user's input or environment, reported without a traceback.
 

@@ -13,12 +13,12 @@ import onnx
 import torch
 
 import dnrt
+from dnrt.atomic import apply_umask, commit_dir, create_temp_dir, remove_stale_temps
 from dnrt.bundle import COLLECT_GRAPH, DENSE_GRAPH, MANIFEST, STATS_GRAPH, WEIGHTS, Manifest
 from dnrt.errors import DnrtError
 from dnrt.export.onnx_export import export_dense_graph, export_stats_graph, statistics_only
 from dnrt.models.normswap import DnrtModel
 from dnrt.ops import MIN_OPSET
-from dnrt.runtime.io.atomic import apply_umask, create_temp_dir, remove_stale_temps, temp_name
 from dnrt.semantics import check_map_sizes, collect_flavour
 
 #: Largest |ORT - PyTorch| an fp32 export may show (issue 2).
@@ -108,7 +108,7 @@ def write_bundle(
                 )
         for path in tmp.iterdir():
             apply_umask(path)  # safetensors writes 0o600
-        _replace_dir(tmp, out)
+        commit_dir(tmp, out)  # an existing bundle is moved aside first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -121,17 +121,6 @@ def _save_weights(state_dict: dict[str, torch.Tensor], path: Path, manifest: Man
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {"architecture": manifest.architecture, "dnrt_version": manifest.dnrt_version}
     save_file(tensors, str(path), metadata=meta)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        # Move the old bundle aside first so that a failure never leaves neither.
-        backup = temp_name(out, ".dnrt-old-")
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _validation_size(manifest: Manifest) -> int:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dnrt.bundle import check_batchnorm_mode
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 from dnrt.models.zoo import ARCHITECTURES, describe_keys, detect_architecture, get_architecture
 
 GENERATOR_KEYS = (
@@ -82,7 +82,7 @@ class CheckpointInfo:
 
 
 def _short(exc: BaseException, limit: int = 100) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, empty=type(exc).__name__)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

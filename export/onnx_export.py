@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 from dnrt.export.deconv import rewrite_conv_transpose
 from dnrt.export.graph_edit import prune_to_outputs
 from dnrt.models.normswap import DnrtModel
@@ -91,8 +91,7 @@ def _export(
     except DnrtError:
         raise
     except Exception as exc:  # the exporter's errors are long; keep the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DnrtError(f"ONNX export failed: {first}") from exc
+        raise DnrtError(f"ONNX export failed: {first_line(exc, empty=type(exc).__name__)}") from exc
     assert dense_norm is not None  # the op must be registered before export
     return program.model_proto
 
@@ -157,8 +156,7 @@ def _check(proto: onnx.ModelProto, what: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DnrtError(f"the exported {what} graph fails onnx.checker: {first}") from exc
+        raise DnrtError(f"the exported {what} graph fails onnx.checker: {first_line(exc)}") from exc
 
 
 def count_dense_nodes(path: str | Path) -> int:

@@ -35,7 +35,7 @@ from dnrt.bundle import Bundle, load_bundle
 from dnrt.errors import Cancelled, DnrtError
 from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.runtime.io.reader import ArraySource
-from dnrt.runtime.options import FILE_FIELDS, TranslateOptions
+from dnrt.runtime.options import FILE_FIELDS, GPU_BACKENDS, TranslateOptions
 from dnrt.runtime.plan import TilePlan
 from dnrt.runtime.progress import Progress
 from dnrt.runtime.scheduler import PhaseTimes, ScheduleOptions, Scheduler, graphs_for, resolve_overlap
@@ -472,7 +472,7 @@ class Translator:
             overlap=resolve_overlap(run, self.backend),
             lookahead={Mode.DN: 1, Mode.KIN: run.kin_kernel // 2}.get(run.mode, 0),
             reader_bytes=int(getattr(source, "_cache_bytes", 0)),
-            gpu=self.backend.name in ("ort-cuda", "torch-cuda", "trt"),
+            gpu=self.backend.name in GPU_BACKENDS,
         )
         if output is not None:
             from dnrt.runtime.io.writer import wants_pyramid

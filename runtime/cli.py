@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from dnrt.errorline import ErrorLine, OneLineCommand, debugging
+from dnrt.errorline import ErrorLine, OneLineCommand
 from dnrt.errors import DnrtError
 from dnrt.runtime.options import (
     BACKENDS,
@@ -295,18 +295,13 @@ def translate_command(
     tiff_logger = logging.getLogger("tifffile")
     if not any(isinstance(h, logging.NullHandler) for h in tiff_logger.handlers):
         tiff_logger.addHandler(logging.NullHandler())
-    try:
-        from dnrt.interrupts import signals_interrupt
-        from dnrt.runtime.api import translate
+    # OneLineCommand's invoke (dnrt.errorline.guarded) makes SIGTERM and SIGHUP unwind (and clean
+    # up) like Ctrl-C and turns what escapes into the one error line.
+    from dnrt.runtime.api import translate
 
-        with signals_interrupt():  # SIGTERM and SIGHUP unwind (and clean up) like Ctrl-C
-            report = translate(
-                input, output, model, options, progress=False if quiet else None, tissue_mask=tissue_mask
-            )
-    except (Exception, KeyboardInterrupt) as exc:
-        if debugging():
-            raise
-        raise ErrorLine.of(exc) from None
+    report = translate(
+        input, output, model, options, progress=False if quiet else None, tissue_mask=tissue_mask
+    )
     resolution = report.resolution or {}
     if not quiet:
         for note in resolution.get("notes", []):

@@ -31,6 +31,8 @@ from dnrt.semantics import (
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_PRECISIONS",
+    "GPU_BACKENDS",
     "KIN_KERNEL_TYPES",
     "MARGIN_SOURCES",
     "MODES",
@@ -46,9 +48,19 @@ MODES = tuple(m.value for m in Mode)
 SCHEDULES = ("streaming", "two-pass")
 #: ``auto`` first; the registry in ``dnrt.runtime.backends`` holds the same names (tested).
 BACKENDS = ("auto", "ort", "ort-cuda", "torch", "torch-cuda", "trt")
+#: The backends that run on a CUDA GPU (memory estimates, the benchmark's GPU sampling).
+GPU_BACKENDS = ("ort-cuda", "torch-cuda", "trt")
 MARGIN_SOURCES = ("image", "tile")
 KIN_KERNEL_TYPES = ("constant", "gaussian")
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: Activation precisions each backend computes in (``--precision``; ``auto`` picks among them).
+BACKEND_PRECISIONS = {
+    "ort": ("fp32",),
+    "ort-cuda": ("fp32",),
+    "torch": ("fp32", "bf16"),
+    "torch-cuda": ("fp32", "fp16", "bf16"),
+    "trt": ("fp32", "fp16"),
+}
 DEGENERATE_RULES = tuple(r.value for r in DegenerateRule)
 #: Output TIFF layouts (slide outputs, issue 17): ``tiff`` (levels in the main IFD chain) or
 #: ``ome-tiff`` (OME-XML, levels as SubIFDs).

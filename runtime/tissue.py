@@ -371,7 +371,7 @@ def resolve_background(choice: str, source: Any, tile: int) -> str:
 def check_mask_path(path: os.PathLike[str] | str, overwrite: bool, *others: os.PathLike[str] | str) -> Path:
     """Validate ``--tissue-mask PATH`` before any work: a ``.png`` in a writable folder, not
     existing unless ``overwrite``, not the input or output."""
-    from dnrt.runtime.io.atomic import check_output_path
+    from dnrt.atomic import check_output_path
 
     dest = Path(path)
     if dest.suffix.lower() != ".png":
@@ -386,7 +386,7 @@ def write_mask_png(mask: TissueMask, path: os.PathLike[str] | str, overwrite: bo
     """Write :meth:`TissueMask.png` to ``path`` atomically (a temporary beside it, renamed when whole)."""
     from PIL import Image
 
-    from dnrt.runtime.io.atomic import commit, create_temp, remove_quietly
+    from dnrt.atomic import commit, create_temp, remove_quietly
 
     dest = Path(path)
     temp = create_temp(dest)

@@ -186,7 +186,7 @@ def current_stream(device: Any = None) -> Stream:
 
 
 @contextlib.contextmanager
-def stream(stream: Stream | None) -> Iterator[None]:  # noqa: F811 - torch.cuda.stream's name
+def stream(stream: Stream | None) -> Iterator[None]:
     if stream is not None and not isinstance(stream, Stream):
         raise TypeError(f"stream: expected torch.cuda.Stream, got {type(stream).__name__}")
     local = _s().local

@@ -307,7 +307,7 @@ def test_unwritable_out_dir(tmp_path: Path, bundle: Path) -> None:
 
 def test_unwritable_out_dir_probe_writes_for_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Root passes os.access on read-only folders: the ledger proves writability by writing."""
-    import dnrt.runtime.io.atomic as atomic
+    import dnrt.atomic as atomic
 
     def refuse(dest: Path, marker: str = atomic.TEMP_MARKER) -> Path:
         raise DnrtError("cannot create a file: Read-only file system")

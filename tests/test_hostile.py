@@ -292,7 +292,7 @@ def test_a_later_run_removes_stale_temporaries_only(work: Path, bundle: Path) ->
 
 
 def test_stale_bundle_folder_and_backup(tmp_path: Path) -> None:
-    from dnrt.runtime.io.atomic import remove_stale_temps
+    from dnrt.atomic import remove_stale_temps
 
     dead = _dead_pid()
     out = tmp_path / "m.dnrt"

@@ -72,9 +72,13 @@ def test_json_round_trip_and_unknown_keys() -> None:
 
 
 def test_backend_names_are_the_registry_s() -> None:
-    from dnrt.runtime.backends import BACKEND_NAMES
+    from dnrt.runtime.backends import _REGISTRY, BACKEND_NAMES
+    from dnrt.runtime.options import BACKEND_PRECISIONS, GPU_BACKENDS
 
     assert BACKEND_NAMES == BACKENDS
+    assert ("auto", *_REGISTRY) == BACKENDS
+    assert tuple(BACKEND_PRECISIONS) == tuple(_REGISTRY)
+    assert set(GPU_BACKENDS) < set(_REGISTRY)
 
 
 def test_cli_choices_and_defaults_come_from_the_options() -> None:

@@ -55,7 +55,7 @@ _init_error: str | None = None
 try:
     import numpy as np
 
-    from dnrt.errors import Cancelled, DnrtError
+    from dnrt.errors import Cancelled, DnrtError, first_line
 except BaseException as exc:  # reported by dnrtpy_init, never raised into cffi's start-up
     _init_error = (
         f"the embedded Python ({sys.executable}, Python {sys.version.split()[0]}) cannot import dnrt: "
@@ -81,8 +81,7 @@ class _Failure(Exception):
 
 
 def _message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    text = text.splitlines()[0] if text else type(exc).__name__
+    text = first_line(exc, empty=type(exc).__name__)
     for old, new in _REWORDED:
         text = text.replace(old, new)
     return text
@@ -264,8 +263,8 @@ def dnrtpy_model_close(model_id: int) -> None:
 def dnrtpy_translate_file(
     model_id: int, in_pointer: Any, out_pointer: Any, options: Any, progress: Any, user: Any
 ) -> None:
+    from dnrt.atomic import output_kind
     from dnrt.runtime.io import Compression, check_output_path, open_image
-    from dnrt.runtime.io.atomic import output_kind
 
     translator = _translator(model_id)
     input_path, output_path = _path(in_pointer), _path(out_pointer)

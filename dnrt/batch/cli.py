@@ -183,9 +183,16 @@ def _run_in(
     return summary.exit_code
 
 
+class BatchCommand(OneLineCommand):
+    """The batch's failures are one ``error:`` line like every command's; an interrupted batch
+    says that its finished slides are kept."""
+
+    interrupted_note = "finished slides are in the ledger, run again to do the rest"
+
+
 @click.command(
     "batch",
-    cls=OneLineCommand,
+    cls=BatchCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("slides", nargs=-1, type=click.Path(path_type=Path))
@@ -254,21 +261,14 @@ def batch_command(**kwargs: Any) -> None:
     1 the batch could not run, 2 usage error, 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP (re-run to finish).
     """
     from dnrt.batch.cluster import ClusterUnreachable
-    from dnrt.interrupts import describe, exit_code_of, signals_interrupt
 
+    # BatchCommand's invoke (dnrt.errorline.guarded) turns the rest into the one error line.
     try:
-        with signals_interrupt():
-            code = run(**kwargs)
+        code = run(**kwargs)
     except ClusterUnreachable as exc:
         # Ray's exit handler would retry the dead address for another minute: leave at once
         # (nothing is open but the connection attempt).
-        click.echo(f"error: {exc}", err=True)
+        ErrorLine(str(exc)).show()
         sys.stderr.flush()
         os._exit(1)
-    except DnrtError as exc:
-        raise ErrorLine(str(exc).splitlines()[0] if str(exc) else "failed", exc.exit_code) from None
-    except KeyboardInterrupt as exc:
-        raise ErrorLine(
-            f"{describe(exc)}; finished slides are in the ledger, run again to do the rest", exit_code_of(exc)
-        ) from None
     sys.exit(code)

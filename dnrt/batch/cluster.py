@@ -10,7 +10,7 @@ writes the output there itself, to a temporary name renamed when complete.
 A worker process that dies mid-slide (killed, out of memory, a crash in a native library) is
 restarted by Ray and its tasks are retried (``max_restarts``/``max_task_retries``); the killed
 process's temporary file is removed by the retry, whose writer clears the stale temporaries of
-dead processes for that destination before writing (``runtime/io/atomic.py``). A slide whose
+dead processes for that destination before writing (``dnrt/atomic.py``). A slide whose
 worker dies on every retry is recorded as failed and the worker replaced.
 
 The driver never waits forever on a cluster: an address that does not answer is an error within
@@ -323,7 +323,7 @@ def remove_stale_outputs(outputs: list[Path], wait_s: float = 2.0) -> None:
     Only temporaries whose writing process no longer exists are removed, so this waits (up to
     ``wait_s``) for the killed processes to go.
     """
-    from dnrt.runtime.io.atomic import TEMP_MARKER, remove_stale_temps
+    from dnrt.atomic import TEMP_MARKER, remove_stale_temps
 
     deadline = time.monotonic() + wait_s
     left = list(outputs)

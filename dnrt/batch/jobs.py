@@ -146,7 +146,7 @@ def make_jobs(slides: Sequence[Slide], out_dir: Path, template: str = DEFAULT_TE
 
     Nothing is created here: the caller checks the output folder itself.
     """
-    from dnrt.runtime.io.atomic import output_kind
+    from dnrt.atomic import output_kind
 
     check_template(template)
     if not slides:

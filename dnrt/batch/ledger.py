@@ -94,7 +94,7 @@ class Ledger:
     def open(self) -> Ledger:
         import fcntl
 
-        from dnrt.runtime.io.atomic import create_temp, remove_quietly
+        from dnrt.atomic import create_temp, remove_quietly
 
         try:
             self._lock_fd = os.open(self.out_dir, os.O_RDONLY)

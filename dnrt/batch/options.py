@@ -44,7 +44,7 @@ def bundle_digest(bundle_path: Path) -> str:
             continue
         digest.update(entry.name.encode() + b"\0")
         with open(entry.path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023 - fh is this loop's
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()

@@ -4,7 +4,7 @@ The bundle is loaded once, when the worker is created, and the Translator (and i
 sessions) is reused for every slide the worker gets. A slide's failure is returned as a record
 with its one-line error, so a corrupt slide never stops the worker; only an interrupt (Ctrl-C,
 SIGTERM) propagates. The output is written by ``Translator.translate_file``: to a temporary name
-beside the destination, renamed when complete (``runtime/io/atomic.py``).
+beside the destination, renamed when complete (``dnrt/atomic.py``).
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 
 if TYPE_CHECKING:
     from dnrt.runtime.options import TranslateOptions
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class SlideWorker:
@@ -51,11 +46,14 @@ class SlideWorker:
                 ) from None
             report = self.translator.translate_file(input, output, overwrite=overwrite)
         except DnrtError as exc:
-            result.update(status="failed", error=one_line(exc))
+            result.update(status="failed", error=first_line(exc, empty=type(exc).__name__))
         except MemoryError:
             result.update(status="failed", error="out of memory (try a smaller --batch or --tile)")
         except Exception as exc:  # a reader or backend bug on this slide: isolate it
-            result.update(status="failed", error=f"internal error: {type(exc).__name__}: {one_line(exc)}")
+            result.update(
+                status="failed",
+                error=f"internal error: {type(exc).__name__}: {first_line(exc, empty=type(exc).__name__)}",
+            )
         else:
             result.update(
                 status="done",

@@ -4,8 +4,10 @@ The benchmark runs every mode in its own process so that each peak resident memo
 (``getrusage``) and each peak GPU memory belongs to that mode alone. The spec is a JSON
 object; ``task`` is ``translate`` (``dnrt.translate`` file to file, the whole command a user
 runs), ``whole`` (the generator run once on the whole image with plain InstanceNorm, the
-"global statistics" reference) or ``copy`` (decode + encode with no model: the I/O floor). The result JSON has ``ok`` and either the measurements or
-``error`` (one line).
+"global statistics" reference) or ``copy`` (decode + encode with no model: the I/O floor). A
+``translate`` spec carries ``options``, the run's whole ``TranslateOptions`` in its JSON form
+(``dnrt.bench.harness.measured_options``). The result JSON has ``ok`` and either the
+measurements or ``error`` (one line).
 
 Imports are kept to the minimum before the baseline memory is read, and the backend's
 library is imported before the clock starts: the timed part is the work (bundle load,
@@ -21,8 +23,6 @@ import sys
 import threading
 import time
 from typing import Any
-
-GPU_BACKENDS = ("ort-cuda", "torch-cuda", "trt")
 
 
 def _rss_now_mb() -> float:
@@ -166,32 +166,8 @@ def run_translate(spec: dict[str, Any]) -> dict[str, Any]:
     from dnrt.runtime.api import translate
     from dnrt.runtime.options import TranslateOptions
 
-    settings = {
-        "mode": spec["mode"],
-        "schedule": spec.get("schedule", "streaming"),
-        "backend": spec.get("backend", "auto"),
-        "batch": spec.get("batch"),
-        "threads": spec.get("threads"),
-        "overlap": spec.get("overlap"),
-        "tile": spec.get("tile"),
-        "margin": spec.get("margin"),
-        "compression": spec.get("compression", "zlib"),
-        # Level 0 only unless asked, as when the recorded runs were made (slide-sized outputs
-        # now get a pyramid by default).
-        "pyramid": spec.get("pyramid", False),
-        "overwrite": True,
-    }
-    # Absent: the runtime's own defaults.
-    for key in ("margin_source", "degenerate", "degenerate_ratio", "precision"):
-        if spec.get(key) is not None:
-            settings[key] = spec[key]
-    precision = (spec.get("backend_options") or {}).get("precision")
-    if precision is not None:
-        settings["precision"] = precision
-    # Every tile through the network unless told otherwise: the bench measures the modes, and
-    # background skipping has its own benchmark (benchmarks/background.py).
-    settings["background"] = spec.get("background") or "translate"
-    options = TranslateOptions(**settings)
+    # The whole TranslateOptions in its JSON form (dnrt.bench.harness.measured_options).
+    options = TranslateOptions.from_dict(spec["options"])
     rss_before = _rss_now_mb()
     with GpuMemorySampler() if spec.get("gpu") else _Null() as sampler:
         start = time.perf_counter()
@@ -320,12 +296,14 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         result = {"ok": False, "error": "out of memory", "peak_rss_mb": _peak_rss_mb()}
     except Exception as exc:  # reported to the parent as one line; the parent decides what it means
-        if os.environ.get("DNRT_DEBUG"):
+        from dnrt.errorline import debugging  # click: only on this path
+        from dnrt.errors import first_line
+
+        if debugging():
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         result = {
             "ok": False,
-            "error": first,
+            "error": first_line(exc, empty=type(exc).__name__),
             "error_type": type(exc).__name__,
             "peak_rss_mb": _peak_rss_mb(),
         }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from dnrt.errorline import ErrorLine, OneLineCommand, debugging
+from dnrt.errorline import OneLineCommand
 from dnrt.errors import DnrtError
 from dnrt.runtime.options import BACKENDS, MARGIN_SOURCES, PRECISIONS
 
@@ -153,94 +153,81 @@ def bench_command(
     Each mode translates the image file to file in a fresh process (peak memory per mode);
     the table shows the paper's Table S1 beside the ratios measured here.
     """
-    try:
-        from dnrt.bench.harness import BenchOptions, format_report, parse_modes, run_benchmark, write_json
+    # OneLineCommand's invoke (dnrt.errorline.guarded) turns what escapes into the one error line.
+    from dnrt.bench.harness import BenchOptions, format_report, parse_modes, run_benchmark, write_json
 
-        if image is not None and size is not None:
-            raise DnrtError("pass either --image or --size, not both", exit_code=2)
-        if ground_truth is not None and image is None:
-            raise DnrtError("--ground-truth goes with --image (the synthetic slide has its own)", exit_code=2)
-        if image is not None and not image.exists():
-            raise DnrtError(f"image not found: {image}")
-        from dnrt.data.synthetic import parse_scanner
-        from dnrt.runtime.options import TranslateOptions
-        from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT
+    if image is not None and size is not None:
+        raise DnrtError("pass either --image or --size, not both", exit_code=2)
+    if ground_truth is not None and image is None:
+        raise DnrtError("--ground-truth goes with --image (the synthetic slide has its own)", exit_code=2)
+    if image is not None and not image.exists():
+        raise DnrtError(f"image not found: {image}")
+    from dnrt.data.synthetic import parse_scanner
+    from dnrt.runtime.options import TranslateOptions
+    from dnrt.semantics import DEGENERATE_DEFAULT, DEGENERATE_RATIO_DEFAULT
 
-        scanners = [v.strip() for v in scanner.split(",") if v.strip()] or ["clean"]
-        if image is not None and scanners != ["clean"]:
-            raise DnrtError("--scanner goes with the synthetic slide, not --image", exit_code=2)
-        for variant in scanners:
-            parse_scanner(variant)
-        # The translation settings are checked by the runtime's own validator, before any run.
-        TranslateOptions(
-            backend=backend,
-            batch=batch,
-            threads=threads,
-            tile=tile,
-            margin=margin,
-            margin_source=margin_source,
-            degenerate=degenerate or DEGENERATE_DEFAULT,
-            degenerate_ratio=DEGENERATE_RATIO_DEFAULT if degenerate_ratio is None else degenerate_ratio,
-            precision=precision or "fp32",
-            compression=compression,
-        )
-        options = BenchOptions(
-            model=model,
-            demo=demo,
-            image=image,
-            ground_truth=ground_truth,
-            seed=seed,
-            modes=parse_modes(modes),
-            backend=backend.lower(),
-            batch=batch,
-            threads=threads,
-            tile=tile,
-            margin=margin,
-            margin_source=margin_source.lower(),
-            degenerate=degenerate.lower() if degenerate else None,
-            degenerate_ratio=degenerate_ratio,
-            precision=precision,
-            repeat=repeat,
-            compression=compression,
-            max_whole_megapixels=max_whole_megapixels,
-            fidelity=not no_fidelity,
-            workdir=workdir,
-            cache_dir=cache_dir,
-            timeout=timeout,
-        )
-        if size is not None:
-            options.size = size
-        if compression:
-            from dnrt.runtime.io.writer import Compression
+    scanners = [v.strip() for v in scanner.split(",") if v.strip()] or ["clean"]
+    if image is not None and scanners != ["clean"]:
+        raise DnrtError("--scanner goes with the synthetic slide, not --image", exit_code=2)
+    for variant in scanners:
+        parse_scanner(variant)
+    # The translation settings are checked by the runtime's own validator, before any run.
+    translate = TranslateOptions(
+        backend=backend,
+        batch=batch,
+        threads=threads,
+        tile=tile,
+        margin=margin,
+        margin_source=margin_source,
+        degenerate=degenerate or DEGENERATE_DEFAULT,
+        degenerate_ratio=DEGENERATE_RATIO_DEFAULT if degenerate_ratio is None else degenerate_ratio,
+        precision=precision or "fp32",
+        compression=compression,
+    )
+    options = BenchOptions(
+        model=model,
+        demo=demo,
+        image=image,
+        ground_truth=ground_truth,
+        seed=seed,
+        modes=parse_modes(modes),
+        translate=translate,
+        repeat=repeat,
+        max_whole_megapixels=max_whole_megapixels,
+        fidelity=not no_fidelity,
+        workdir=workdir,
+        cache_dir=cache_dir,
+        timeout=timeout,
+    )
+    if size is not None:
+        options.size = size
+    if compression:
+        from dnrt.runtime.io.writer import Compression
 
-            Compression(compression)  # a bad name fails now, not after the first run
-        log = (lambda _: None) if quiet else (lambda msg: click.echo(msg, err=True))
-        command = shlex.join(["dnrt", "bench", *sys.argv[_argv_start() :]])
-        results = []
-        for variant in scanners:
-            options.scanner = variant
-            result = run_benchmark(options, log=log)
-            result["command"] = command
-            results.append(result)
-        # One variant: its result as it is; several: one after the other.
-        combined = results[0] if len(results) == 1 else {"schema": "dnrt-bench-set/1", "runs": results}
-        if json_path is not None:
-            write_json(combined, json_path)
-        if plot_path is not None:
-            from dnrt.bench.plot import plot_result
+        Compression(compression)  # a bad name fails now, not after the first run
+    log = (lambda _: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    command = shlex.join(["dnrt", "bench", *sys.argv[_argv_start() :]])
+    results = []
+    for variant in scanners:
+        options.scanner = variant
+        result = run_benchmark(options, log=log)
+        result["command"] = command
+        results.append(result)
+    # One variant: its result as it is; several: one after the other.
+    combined = results[0] if len(results) == 1 else {"schema": "dnrt-bench-set/1", "runs": results}
+    if json_path is not None:
+        write_json(combined, json_path)
+    if plot_path is not None:
+        from dnrt.bench.plot import plot_result
 
-            for result in results:
-                suffix = "" if len(results) == 1 else f"-{result['image'].get('scanner')}"
-                plot_result(result, plot_path.with_name(plot_path.stem + suffix + plot_path.suffix))
-        if markdown_path is not None:
-            from dnrt.bench.harness import markdown_report
+        for result in results:
+            suffix = "" if len(results) == 1 else f"-{result['image'].get('scanner')}"
+            plot_result(result, plot_path.with_name(plot_path.stem + suffix + plot_path.suffix))
+    if markdown_path is not None:
+        from dnrt.bench.harness import markdown_report
 
-            markdown_path.parent.mkdir(parents=True, exist_ok=True)
-            markdown_path.write_text("\n".join(markdown_report(r) for r in results))
-    except (Exception, KeyboardInterrupt) as exc:
-        if debugging():
-            raise
-        raise ErrorLine.of(exc) from None
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text("\n".join(markdown_report(r) for r in results))
     if not quiet:
         click.echo("\n\n".join(format_report(r) for r in results))
         for what, path in (("json", json_path), ("plot", plot_path), ("markdown", markdown_path)):

@@ -32,6 +32,7 @@ from typing import Any
 
 from dnrt.bench.machine import describe_machine, load_average, machine_info, versions
 from dnrt.errors import DnrtError
+from dnrt.runtime.options import GPU_BACKENDS, TranslateOptions
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -87,7 +88,6 @@ PAPER_TABLE_S1: dict[str, dict[str, Any]] = {
 }
 PAPER_NOTE = "paper Table S1: RTX 3090, PyTorch fp32, official 64-feature generator; different hardware"
 
-GPU_BACKENDS = ("ort-cuda", "torch-cuda", "trt")
 #: Thresholds of the expectations: what DN's seams should look like against the ground truth's.
 SEAM_CLOSE_TO_ONE = 1.10
 #: DN's seam score may exceed the ground truth's own (its noise floor) by this much.
@@ -148,18 +148,11 @@ class BenchOptions:
     #: Synthetic slide only: the scanner conditions (``dnrt.data.synthetic.SCANNERS`` or options).
     scanner: str = "clean"
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
-    backend: str = "auto"
-    batch: int | None = None
-    threads: int | None = None
-    tile: int | None = None
-    margin: int | None = None
-    margin_source: str = "image"
-    #: DN's degenerate-statistics rule and ratio (None: dnrt's defaults).
-    degenerate: str | None = None
-    degenerate_ratio: float | None = None
-    precision: str | None = None
+    #: How every mode translates (backend, batch, threads, tile, margin, precision, DN's
+    #: degenerate-statistics rule, compression, ...); each mode sets its mode, schedule and
+    #: overlap (``ModeSpec``), and its own degenerate rule where it names one.
+    translate: TranslateOptions = field(default_factory=TranslateOptions)
     repeat: int = 3
-    compression: str = "zlib"
     max_whole_megapixels: float = 16.0
     fidelity: bool = True
     workdir: Path | None = None
@@ -197,11 +190,14 @@ def synthetic_pair(
     directory.mkdir(parents=True, exist_ok=True)
     log(f"generating the synthetic slide {height} x {width} (seed {seed}, {conditions.name}) in {directory}")
     # Written in a private folder and moved in place, so a cache is never half written.
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=directory))
+    from dnrt.atomic import commit, create_temp_dir, remove_stale_temps
+
+    remove_stale_temps(he)
+    tmp = create_temp_dir(he)
     try:
         a, b = write_pair(tmp, seed, height, width, scanner=conditions)
-        os.replace(a, he)
-        os.replace(b, ihc)
+        commit(Path(a), he, overwrite=True)
+        commit(Path(b), ihc, overwrite=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return he, ihc
@@ -223,7 +219,7 @@ def demo_bundle(directory: Path, log: Log) -> Path:
         return out
     directory.mkdir(parents=True, exist_ok=True)
     log(f"exporting the demo model to {out}")
-    from dnrt.runtime.io.atomic import remove_stale_temps, temp_name
+    from dnrt.atomic import commit_dir, remove_stale_temps, temp_name
 
     remove_stale_temps(out)
     tmp = temp_name(out)  # export writes the folder; it appears under its name only when whole
@@ -235,7 +231,7 @@ def demo_bundle(directory: Path, log: Log) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, out)
+    commit_dir(tmp, out)
     return out
 
 
@@ -355,35 +351,40 @@ def _child_spec(
     backend: str,
     spec: ModeSpec | None = None,
 ) -> dict[str, Any]:
+    translate = options.translate
     out: dict[str, Any] = {
         "task": task,
         "input": image,
         "output": str(output),
         "model": str(model),
         "backend": backend,
-        "threads": options.threads,
-        "compression": options.compression,
+        "threads": translate.threads,
+        "compression": translate.compression,
         "gpu": backend in GPU_BACKENDS,
-        "backend_options": {"precision": options.precision} if options.precision else {},
+        "backend_options": translate.backend_options(),
     }
     if spec is not None:
-        out.update(
-            mode=spec.norm,
-            schedule=spec.schedule,
-            overlap=spec.overlap,
-            batch=options.batch,
-            tile=options.tile,
-            margin=options.margin,
-            margin_source=options.margin_source,
-        )
-        if spec.norm == "dn":
-            rule = spec.degenerate or options.degenerate
-            ratio = spec.degenerate_ratio if spec.degenerate_ratio is not None else options.degenerate_ratio
-            if rule is not None:
-                out["degenerate"] = rule
-            if ratio is not None:
-                out["degenerate_ratio"] = ratio
+        changes: dict[str, Any] = {
+            "backend": backend,
+            "mode": spec.norm,
+            "schedule": spec.schedule,
+            "overlap": spec.overlap,
+        }
+        if spec.degenerate is not None:  # only DN modes name one (mode_spec)
+            changes["degenerate"] = spec.degenerate
+        if spec.degenerate_ratio is not None:
+            changes["degenerate_ratio"] = spec.degenerate_ratio
+        out["options"] = measured_options(translate, **changes)
     return out
+
+
+def measured_options(options: TranslateOptions, **changes: Any) -> dict[str, Any]:
+    """The JSON form of the options a measured run translates with (a ``translate`` spec's
+    ``options``, read by ``dnrt.bench.child``): ``options`` with ``changes``; level 0 only (no
+    pyramid, as when the recorded runs were made); every tile through the network (the bench
+    measures the modes; background skipping has its own benchmark, benchmarks/background.py);
+    the previous round's output replaced."""
+    return options.replace(**changes, pyramid=False, overwrite=True, background="translate").to_dict()
 
 
 # --------------------------------------------------------------------------- whole-image memory
@@ -437,7 +438,7 @@ def run_benchmark(options: BenchOptions, log: Log = lambda _: None) -> dict[str,
     load_before = load_average()
     model_path, model = resolve_model(options, log)
     image = resolve_image(options, log)
-    backend = resolve_backend_name(options.backend, options.precision)
+    backend = resolve_backend_name(options.translate.backend, options.translate.precision)
 
     own_workdir = options.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="dnrt-bench-")) if own_workdir else Path(options.workdir)
@@ -521,14 +522,14 @@ def _measure(
         "model": model,
         "settings": {
             "backend": backend,
-            "batch": options.batch,
-            "threads": options.threads,
-            "precision": options.precision or "fp32",
-            "margin_source": options.margin_source,
-            "degenerate": options.degenerate,
-            "degenerate_ratio": options.degenerate_ratio,
+            "batch": options.translate.batch,
+            "threads": options.translate.threads,
+            "precision": options.translate.precision,
+            "margin_source": options.translate.margin_source,
+            "degenerate": options.translate.degenerate.value,
+            "degenerate_ratio": options.translate.degenerate_ratio,
             "repeat": options.repeat,
-            "compression": options.compression,
+            "compression": options.translate.compression,
             "max_whole_megapixels": options.max_whole_megapixels,
             "timing": "wall_s = the dnrt.translate() call, file to file (bundle load, session creation, "
             "TIFF read, inference, TIFF write); process_s adds interpreter start and imports; best of "
@@ -889,7 +890,7 @@ def write_json(result: dict[str, Any], path: Path) -> None:
             return [clean(v) for v in x]
         return x
 
-    from dnrt.runtime.io.atomic import write_file_atomic
+    from dnrt.atomic import write_file_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1177,6 +1177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"scanner conditions: {', '.join(SCANNERS)} or options noise=2,wb,exposure=1.1,jpeg=80",
     )
     args = ap.parse_args(argv)
+    from dnrt.errorline import ErrorLine  # the one "error: ..." line (click: only when run)
+
     try:
         h, w = parse_size(args.size)
         if args.tile <= 0 or args.tile % 16:
@@ -1199,10 +1201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             )
     except DnrtError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        ErrorLine(str(exc)).show()
         return exc.exit_code
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        ErrorLine(str(exc)).show()
         return 1
     for p in paths:
         print(p)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 
 __all__ = [
     "demo_config",
@@ -85,8 +85,7 @@ def load_demo_generator():
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise DnrtError(f"demo model weights {path} do not match its config: {first}") from None
+        raise DnrtError(f"demo model weights {path} do not match its config: {first_line(exc)}") from None
     return module.eval()
 
 

@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    from dnrt.errorline import ErrorLine  # the one "error: ..." line (click: only when run)
+
     try:
         modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
         if not modes or any(m not in MODES for m in modes):
@@ -276,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         scanner_size = None if args.no_scanner else (min(2048, args.size), min(3072, args.size))
         run_demo(args.out, args.size, args.seed, args.backend, args.quiet, modes, scanner_size)
     except DnrtError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        ErrorLine(str(exc)).show()
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        ErrorLine("interrupted").show()
         return 130
     return 0
 

@@ -1,7 +1,7 @@
 """The PyTorch generators dnrt knows, shared by the exporter and the PyTorch backend.
 
-- :mod:`dnrt.models.zoo`: the generator registry (official DN, CycleGAN/pix2pix, CUT), one
-  config reader and key filter per checkpoint layout;
+- :mod:`dnrt.models.zoo`: the generator registry (official DN, CycleGAN/pix2pix, CUT, RegGAN,
+  U-Net), one config reader and key filter per checkpoint layout;
 - :mod:`dnrt.models.norm`: ``DenseNorm2d``, the layer that replaces ``nn.InstanceNorm2d``,
   and its shared ``NormContext``;
 - :mod:`dnrt.models.normswap`: ``convert``, the norm swap that turns a generator into a

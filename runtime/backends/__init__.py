@@ -20,6 +20,7 @@ from typing import Any
 from dnrt.bundle import Bundle
 from dnrt.errors import DnrtError
 from dnrt.runtime.backends.base import Backend, BackendContext
+from dnrt.runtime.options import BACKEND_PRECISIONS, BACKENDS
 
 __all__ = [
     "BACKEND_NAMES",
@@ -55,17 +56,11 @@ _REGISTRY: dict[str, _Entry] = {
     "trt": _Entry("dnrt.runtime.backends.trt", "TrtBackend", {}, ("tensorrt",), "torch-or-cuda-python"),
 }
 
-BACKEND_NAMES = ("auto", *_REGISTRY)
+#: The names (``auto`` first) and each backend's precisions live in ``dnrt.runtime.options``;
+#: the registry's keys are the same names (tested).
+BACKEND_NAMES = BACKENDS
 #: What ``--backend auto`` tries, best first.
 AUTO_ORDER = ("trt", "torch-cuda", "ort-cuda", "ort")
-#: Activation precisions each backend computes in (``--precision``).
-BACKEND_PRECISIONS = {
-    "ort": ("fp32",),
-    "ort-cuda": ("fp32",),
-    "torch": ("fp32", "bf16"),
-    "torch-cuda": ("fp32", "fp16", "bf16"),
-    "trt": ("fp32", "fp16"),
-}
 
 
 def _importable(module: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dnrt.bundle import Bundle
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 from dnrt.runtime.backends.base import Backend, BackendContext
 from dnrt.semantics import CollectFlavour
 
@@ -226,8 +226,7 @@ class OrtBackend(Backend):
         except DnrtError:
             raise
         except Exception as exc:  # onnxruntime raises its own pybind exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DnrtError(f"cannot load {path}: {first}") from None
+            raise DnrtError(f"cannot load {path}: {first_line(exc, empty=type(exc).__name__)}") from None
 
     def activate_impl(self) -> None:
         """Load the sessions of the expected graphs (``expect_graphs``); when nobody said, the

@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 
 from dnrt.bundle import Bundle
-from dnrt.errors import DnrtError
+from dnrt.errors import DnrtError, first_line
 from dnrt.runtime.backends.base import Backend, BackendContext
+from dnrt.runtime.options import PRECISIONS
 from dnrt.semantics import CollectFlavour
-
-#: Activation dtypes by ``--precision`` name.
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -102,7 +100,7 @@ class TorchBackend(Backend):
             generator.load_state_dict(load_file(str(self.bundle.weights)), strict=True)
         except RuntimeError as exc:
             raise DnrtError(
-                f"bundle weights do not fit architecture {m.architecture}: {str(exc).splitlines()[0]}"
+                f"bundle weights do not fit architecture {m.architecture}: {first_line(exc)}"
             ) from None
         model = convert(generator, m.in_channels, batchnorm=m.batchnorm or "eval")
         if [(ly.channels, ly.stride, ly.activation) for ly in model.layers] != [

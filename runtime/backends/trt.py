@@ -42,6 +42,7 @@ from dnrt.runtime.backends.trt_onnx import (
     prepare_onnx_for_tensorrt,
 )
 from dnrt.runtime.backends.trt_runtime import EngineRunner
+from dnrt.runtime.options import BACKEND_PRECISIONS
 from dnrt.semantics import CollectFlavour
 
 __all__ = [
@@ -70,8 +71,10 @@ class TrtBackend(Backend):
     ) -> None:
         super().__init__(bundle, context, **context_fields)
         precision = self.context.precision
-        if precision not in ("fp32", "fp16"):
-            raise DnrtError(f"unknown precision {precision!r} (expected fp32 or fp16)")
+        if precision not in BACKEND_PRECISIONS["trt"]:
+            raise DnrtError(
+                f"unknown precision {precision!r} (expected {' or '.join(BACKEND_PRECISIONS['trt'])})"
+            )
         self.precision = precision
         tile = self.context.tile or self.manifest.tile
         margin = self.manifest.margin if self.context.margin is None else self.context.margin

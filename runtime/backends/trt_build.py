@@ -122,7 +122,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DnrtError("TensorRT failed to build an engine (see its log above)")
-    from dnrt.runtime.io.atomic import write_file_atomic
+    from dnrt.atomic import write_file_atomic
 
     write_file_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)

@@ -49,11 +49,7 @@ def cached_engine(which: str, key: str, build: Callable[[], bytes]) -> tuple[byt
     if path.is_file():
         return path.read_bytes(), False
     data = build()
-    from dnrt.runtime.io.atomic import write_file_atomic
+    from dnrt.atomic import write_file_atomic
 
     write_file_atomic(path, data)
     return data, True
-
-
-def engine_path(which: str, key: str) -> Path:
-    return cache_dir() / f"{which}_{key}.engine"

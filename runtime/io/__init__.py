@@ -11,7 +11,7 @@ validates a destination before any work starts.
 
 from __future__ import annotations
 
-from dnrt.runtime.io.atomic import check_output_path
+from dnrt.atomic import check_output_path
 from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ArraySource, ImageSource, open_image
 from dnrt.runtime.io.writer import Compression, PillowWriter, TileWriter, check_compression, open_writer
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnrt.runtime.io.atomic import create_temp, remove_quietly
+from dnrt.atomic import create_temp, remove_quietly
 
 
 def level_sizes(height: int, width: int, tile: int) -> list[tuple[int, int]]:

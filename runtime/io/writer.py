@@ -54,8 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from dnrt.errors import DnrtError
-from dnrt.runtime.io.atomic import (
+from dnrt.atomic import (
     TIFF_SUFFIXES,
     check_output_path,
     commit,
@@ -64,6 +63,7 @@ from dnrt.runtime.io.atomic import (
     remove_quietly,
     remove_stale_temps,
 )
+from dnrt.errors import DnrtError
 from dnrt.runtime.io.pyramid import PyramidBuilder
 from dnrt.runtime.io.reader import MAX_PILLOW_PIXELS, ImageSource, _short, quoted
 from dnrt.runtime.io.slidemeta import aperio_description, ome_xml, output_metadata

@@ -1,5 +1,8 @@
 """Output paths: checks before any work, temporary files beside the destination, atomic commit.
 
+The one atomic-write helper of dnrt: translated images, bundles (:func:`commit_dir`), the batch
+ledger, engine caches, benchmark results and caches all go through it.
+
 The output is written under a hidden temporary name in the destination's folder (same
 filesystem, so the final rename is atomic) and only renamed to the destination once complete.
 A crash, an error or Ctrl-C therefore never leaves a half-written file at the destination, and
@@ -230,6 +233,23 @@ def commit(temp: Path, dest: Path, overwrite: bool) -> None:
             os.replace(temp, dest)
         else:
             os.unlink(temp)
+    _fsync_dir(dest.parent if str(dest.parent) else Path("."))
+
+
+def commit_dir(temp: Path, dest: Path) -> None:
+    """Move a complete temporary folder onto ``dest``, replacing a folder already there.
+
+    An existing ``dest`` is first moved aside (``.NAME.dnrt-old-PID-XXXXXXXX``), so a failure
+    never leaves neither; it is removed once the new folder is in place. A crash in between
+    leaves the old one, which :func:`remove_stale_temps` keeps while ``dest`` is missing.
+    """
+    if dest.exists():
+        backup = temp_name(dest, ".dnrt-old-")
+        os.replace(dest, backup)
+        os.replace(temp, dest)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(temp, dest)
     _fsync_dir(dest.parent if str(dest.parent) else Path("."))
 
 

@@ -397,10 +397,14 @@ def _family_checkpoint(family: str) -> tuple[nn.Module, int, int]:
         return UnetGenerator(num_downs=5, ngf=2, norm="instance").eval(), 32, 16
     if family == "unet-bn":
         return randomized_batch_norms(UnetGenerator(num_downs=5, ngf=2, norm="batch")), 32, 16
+    if family == "bci":  # pyramid pix2pix: batch norm (exported per sample, the default), dropout
+        from test_batchnorm import ReferenceResnet, randomized
+
+        return randomized(ReferenceResnet(ngf=2, n_blocks=9, dropout=True)), 32, 8
     return ResnetGenerator(2, 1, antialias=family == "src").eval(), 32, 8
 
 
-@pytest.mark.parametrize("family", ["reggan", "unet", "unet-bn", "src", "scc"])
+@pytest.mark.parametrize("family", ["reggan", "unet", "unet-bn", "bci", "src", "scc"])
 def test_multi_tile_dn_streams_bit_identically_to_two_pass(tmp_path: Path, family: str) -> None:
     from dnrt.runtime.api import Translator
 

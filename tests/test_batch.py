@@ -343,6 +343,24 @@ def test_a_failed_join_names_token_authentication(monkeypatch: pytest.MonkeyPatc
         cluster.connect("127.0.0.1:1", timeout=10)
 
 
+def test_local_ray_is_a_fresh_cluster_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--ray`` alone starts a cluster of its own ("local"), never the one RAY_ADDRESS or the
+    last ``ray start`` names, and asks Ray to keep it on loopback before Ray is imported."""
+    import types
+
+    from dnrt.batch import cluster
+
+    calls: list[dict] = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw))
+    imports: list[bool] = []
+    monkeypatch.setattr(cluster, "_import_ray", lambda local=False: imports.append(local) or fake)
+    assert cluster.connect(None, timeout=10) is True
+    assert calls[0]["address"] == "local" and imports == [True]
+    monkeypatch.setattr(cluster, "_check_reachable", lambda address, timeout: None)
+    cluster.connect("10.1.2.3:6379", timeout=10)
+    assert calls[1]["address"] == "10.1.2.3:6379" and imports == [True, False]
+
+
 def test_second_driver_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     with Ledger(tmp_path), pytest.raises(DnrtError, match="another dnrt batch"):
         Ledger(tmp_path).open()

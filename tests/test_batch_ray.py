@@ -199,6 +199,22 @@ def _driver(*args: str | Path, timeout: float = 60) -> tuple[int, str, float]:
     return proc.returncode, proc.stderr, time.monotonic() - start
 
 
+def test_bare_ray_starts_a_local_cluster_of_its_own(tmp_path: Path, bundle: Path, cluster: str) -> None:
+    """``--ray`` with no address: dnrt starts (and stops) a Ray instance for this batch, even with
+    the module's cluster running and named by RAY_ADDRESS (test_batch.py checks it asks Ray for
+    "local")."""
+    slides = write_slides(tmp_path / "in", [(96, 96), (64, 80)])
+    out = tmp_path / "out"
+    args = [str(a) for a in [*slides, "--out-dir", out, "-m", bundle, *OPTS, "--workers", "1", "--json"]]
+    env = {**os.environ, "RAY_ADDRESS": cluster}
+    proc = subprocess.run([*DRIVER, *args, "--ray"], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["done"] == 2 and summary["workers"] == 1
+    for slide in slides:
+        assert (out / f"{slide.stem}.tif").read_bytes() == reference(tmp_path, slide, bundle, *OPTS)
+
+
 def test_dead_ray_address_is_one_line_within_30_s(tmp_path: Path, bundle: Path) -> None:
     slide = write_slides(tmp_path / "in", [(40, 40)])[0]
     out = tmp_path / "out"

@@ -105,8 +105,11 @@ def connect(address: str | None, *, timeout: float | None = None) -> bool:
     # Ray's C++ core logs its connection retries on stderr as warnings; errors still show.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
-    if address in (None, "", LOCAL):
-        pass  # a fresh local cluster sized to this machine
+    local = address in (None, "", LOCAL)
+    if local:
+        # A fresh local cluster sized to this machine: "local" says so to Ray, which otherwise
+        # joins whatever RAY_ADDRESS or the last `ray start` on this machine names.
+        kwargs["address"] = LOCAL
     elif address == "auto":
         kwargs["address"] = "auto"
     else:
@@ -136,7 +139,7 @@ def connect(address: str | None, *, timeout: float | None = None) -> bool:
     if failure:
         first = str(failure[0]).strip().splitlines()
         reason = first[0] if first else type(failure[0]).__name__
-        if "address" in kwargs and not os.environ.get(AUTH_MODE_ENV):
+        if not local and not os.environ.get(AUTH_MODE_ENV):
             # Ray joins an address without its token unless told to, and then only says it failed.
             reason += (
                 f" (a cluster started with token authentication, Ray's default, needs {AUTH_MODE_ENV}=token "

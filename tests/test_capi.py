@@ -299,6 +299,7 @@ ERRORS = {
     "open_newer_zero": ("DNRT_OK", ""),
     "open_newer_set": ("DNRT_ERR_UNSUPPORTED", "does not know"),
     "open_size_0_1": ("DNRT_OK", ""),
+    "open_size_0_2": ("DNRT_OK", ""),
     "open_ok": ("DNRT_OK", ""),
     "after_success": ("DNRT_OK", ""),
     "file_null_model": ("DNRT_ERR_INVALID_ARGUMENT", "dnrt_translate_file: model is NULL"),
@@ -378,6 +379,44 @@ def test_error_unavailable_backend(error_cases: dict) -> None:
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and status == "DNRT_OK":
         pytest.skip("ort-cuda is available here")
     assert status == "DNRT_ERR_UNSUPPORTED" and "ort-cuda" in message
+
+
+def test_force_lets_a_translation_past_the_preflight(
+    capi: Path, small_bundle_path: Path, tmp_path: Path
+) -> None:
+    """options.force is trt-translate's --force: a sparse 10^6 px square TIFF is refused by the
+    pre-flight under a 2 GB address-space limit, and with force the run starts (and is
+    cancelled by the progress callback's first call)."""
+    import resource
+
+    from corpus.tiffbytes import Tiff
+
+    sparse = tmp_path / "sparse.tif"
+    sparse.write_bytes(Tiff(1_000_000, 1_000_000, tile=(4096, 4096), bigtiff=True).to_bytes())
+
+    def limited() -> None:
+        _default_sigint()
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    result = subprocess.run(
+        [
+            str(capi / "dnrt-capi-check"),
+            "force",
+            str(small_bundle_path),
+            str(sparse),
+            str(tmp_path / "o.tif"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    cases = {line.split("\t")[0]: line.split("\t")[1:] for line in result.stdout.splitlines()}
+    status, message = cases["force_off"]
+    assert status != "DNRT_OK" and "by estimate" in message, cases
+    assert cases["force_on"] == ["DNRT_ERR_CANCELLED", "cancelled by the progress callback"], cases
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparse.tif"]
 
 
 def test_runtime_that_cannot_start_is_an_error(

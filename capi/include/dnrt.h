@@ -204,6 +204,10 @@ typedef struct dnrt_options {
     int32_t degenerate;
     /** The std ratio below which the rule acts, in (0, 1]; 0 (default): dnrt's. */
     double degenerate_ratio;
+    /* Fields below were added after degenerate_ratio; a struct ending there is still accepted. */
+    /** Non-zero: translate even when the pre-flight estimate says the run will not fit in the
+     *  memory or the output folder's free space (trt-translate --force). Default 0: refuse. */
+    int32_t force;
 } dnrt_options;
 
 /** How dnrt_translate_file writes its output. Fill with dnrt_write_options_init first. */

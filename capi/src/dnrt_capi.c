@@ -144,6 +144,7 @@ dnrt_status dnrt_options_init_sized(dnrt_options* options, size_t size) {
     options->progress_user = NULL;
     options->degenerate = DNRT_DEGENERATE_DEFAULT;
     options->degenerate_ratio = 0.0;
+    options->force = 0;
     return DNRT_OK;
 }
 
@@ -166,14 +167,16 @@ dnrt_status dnrt_write_options_init_sized(dnrt_write_options* options, size_t si
 
 /* dnrt_options as libdnrt 0.1 knew it: everything before `degenerate`. */
 #define DNRT_OPTIONS_0_1_SIZE offsetof(dnrt_options, degenerate)
+/* ... and as the next layout did: everything before `force`. */
+#define DNRT_OPTIONS_0_2_SIZE offsetof(dnrt_options, force)
 
 /* The caller's options (NULL: defaults) as a complete struct of this library's layout. */
 static dnrt_status read_options(const dnrt_options* given, dnrt_options* options) {
     dnrt_status status = dnrt_options_init_sized(options, sizeof *options);
     if (status != DNRT_OK || given == NULL) return status;
-    if (given->size == DNRT_OPTIONS_0_1_SIZE) {
-        /* A caller built against the 0.1 header: its fields, and defaults for the newer ones. */
-        memcpy(options, given, DNRT_OPTIONS_0_1_SIZE);
+    if (given->size == DNRT_OPTIONS_0_1_SIZE || given->size == DNRT_OPTIONS_0_2_SIZE) {
+        /* A caller built against an older header: its fields, and defaults for the newer ones. */
+        memcpy(options, given, given->size);
     } else {
         status = check_struct_size("dnrt_options", given->size, sizeof *options, given);
         if (status != DNRT_OK) return status;

@@ -225,6 +225,7 @@ def dnrtpy_model_open(path_pointer: Any, options: Any, id_out: Any) -> None:
             threads=int(options.threads) or None,
             precision=precision,
             device=max(0, int(options.device_index)),
+            force=bool(options.force),
         )
 
     if not os.path.lexists(path):

@@ -225,6 +225,14 @@ static int run_errors(char** argv) {
         report("open_size_0_1", dnrt_model_open(bundle, &older, &model));
         dnrt_model_close(model);
         model = NULL;
+        /* ... and against the one before `force`. */
+        dnrt_options_init(&older);
+        older.backend = "ort";
+        older.size = offsetof(dnrt_options, force);
+        older.force = 77;
+        report("open_size_0_2", dnrt_model_open(bundle, &older, &model));
+        dnrt_model_close(model);
+        model = NULL;
     }
 
     dnrt_status status = open_ort(bundle, &model);
@@ -375,10 +383,38 @@ static int run_threads(char** argv) {
     return ok ? 0 : 1;
 }
 
+/* ---------------------------------------------------------------------------------------- force */
+
+static int cancel_at_once(void* user, uint64_t done, uint64_t total) {
+    (void)user;
+    (void)done;
+    (void)total;
+    return 1;
+}
+
+/* force BUNDLE INPUT OUT: the same file without and with options.force; the progress callback
+ * cancels at its first call, so a run that got past the pre-flight ends at once. */
+static int run_force(char** argv) {
+    for (int force = 0; force <= 1; force++) {
+        dnrt_options options;
+        dnrt_options_init(&options);
+        options.backend = "ort";
+        options.force = force;
+        options.progress = cancel_at_once;
+        dnrt_model* model = NULL;
+        dnrt_status status = dnrt_model_open(argv[2], &options, &model);
+        if (status == DNRT_OK) status = dnrt_translate_file(model, argv[3], argv[4], NULL);
+        report(force ? "force_on" : "force_off", status);
+        dnrt_model_close(model);
+    }
+    return 0;
+}
+
 int main(int argc, char** argv) {
     if (argc == 9 && strcmp(argv[1], "rgb") == 0) return run_rgb(argv);
     if (argc == 4 && strcmp(argv[1], "errors") == 0) return run_errors(argv);
     if (argc == 6 && strcmp(argv[1], "threads") == 0) return run_threads(argv);
-    fprintf(stderr, "usage: dnrt-capi-check rgb|errors|threads ... (see the source)\n");
+    if (argc == 5 && strcmp(argv[1], "force") == 0) return run_force(argv);
+    fprintf(stderr, "usage: dnrt-capi-check rgb|errors|threads|force ... (see the source)\n");
     return 2;
 }

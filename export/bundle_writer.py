@@ -77,6 +77,17 @@ def write_bundle(
             f"--opset {manifest.opset} is too old: DenseNorm's function body needs opset {MIN_OPSET}+"
         )
     check_map_sizes(manifest.tile, manifest.margin, manifest.strides, manifest.network_multiple)
+    multiple = manifest.input_multiple
+    if manifest.tile % multiple:
+        # The bundle's geometry must serve every mode: TIN and DN's default 'slide' rule run the
+        # network on a tile x tile thumbnail, without a margin.
+        suggestion = -(-manifest.tile // multiple) * multiple
+        raise DnrtError(
+            f"--tile {manifest.tile} is not a multiple of {multiple}: TIN and DN (dnrt's default) run this "
+            f"model on a {manifest.tile} x {manifest.tile} thumbnail, which it cannot take; use e.g. "
+            f"--tile {suggestion}",
+            exit_code=2,
+        )
     manifest.dnrt_version = dnrt.__version__
 
     remove_stale_temps(out)  # left by an export that was killed (SIGKILL, power cut)

@@ -338,6 +338,13 @@ def test_unet_geometry_that_does_not_divide_is_refused(tmp_path: Path) -> None:
     assert line.startswith("error: ") and "\n" not in line
     assert "tile 64 + 2 x margin 10 = 84 px" in line
     assert "tile + 2*margin must be a multiple of 32 (e.g. --margin 16 with --tile 64)" in line
+    # T + 2M divides but T does not: the thumbnail of TIN and DN's default rule could not run.
+    thumb = export(tmp_path / "g.pth", tmp_path / "bad.dnrt", "--tile", "48", "--margin", "8", "--quiet")
+    assert thumb.exit_code == 2 and not (tmp_path / "bad.dnrt").exists()
+    assert thumb.output.strip() == (
+        "error: --tile 48 is not a multiple of 32: TIN and DN (dnrt's default) run this model on a "
+        "48 x 48 thumbnail, which it cannot take; use e.g. --tile 64"
+    )
     out = tmp_path / "u.dnrt"
     assert export(tmp_path / "g.pth", out, "--tile", "64", "--margin", "16", "--quiet").exit_code == 0
     with pytest.raises(

@@ -40,8 +40,11 @@ INTERRUPTED_NOTE = "nothing written"
 def describe_error(exc: BaseException, interrupted: str = INTERRUPTED_NOTE) -> tuple[str, int]:
     """The line (without ``error: ``) and the exit code that report ``exc`` to a user;
     ``interrupted`` follows what stopped an interrupted run."""
-    from dnrt.interrupts import describe, exit_code_of
+    from dnrt.interrupts import Interrupted, describe, exit_code_of, received_signal
 
+    signum = received_signal()
+    if signum is not None and not isinstance(exc, KeyboardInterrupt):
+        exc = Interrupted(signum)  # what a signal cut short, reported as the signal (see there)
     if isinstance(exc, DnrtError):
         return first_line(exc) or "failed", exc.exit_code
     if isinstance(exc, KeyboardInterrupt):

@@ -53,6 +53,16 @@ class Interrupted(KeyboardInterrupt):
 _last_signal: int | None = None
 
 
+def received_signal() -> int | None:
+    """The signal the latest :func:`signals_interrupt` block turned into an exception, or None.
+
+    Native code interrupted mid-call may surface the handler's exception as one of its own: an
+    extension module whose initialisation a Ctrl-C cut short raises "ImportError: initialization
+    failed". A run that received a signal was interrupted, whatever exception came out of it.
+    """
+    return _last_signal
+
+
 def _signum(exc: KeyboardInterrupt) -> int:
     if isinstance(exc, Interrupted):
         return exc.signum

@@ -317,7 +317,8 @@ def test_unet_128_instance_norm_matches_the_original(tmp_path: Path) -> None:
     module = UnetGenerator(input_nc=1, output_nc=3, num_downs=7, ngf=2, norm="instance").eval()
     torch.save({"netG": module.state_dict()}, tmp_path / "g.pth")
     out = tmp_path / "unet.dnrt"
-    result = export(tmp_path / "g.pth", out, "--tile", "64", "--margin", "32", "--quiet")
+    # One 128 px network input: tile 128 (a multiple of 2^7, for TIN's and DN's thumbnail), no margin.
+    result = export(tmp_path / "g.pth", out, "--tile", "128", "--margin", "0", "--quiet")
     assert result.exit_code == 0, result.output
     m = load_bundle(out).manifest
     assert (m.architecture, m.config["num_downs"], m.config["norm"]) == ("unet", 7, "instance")

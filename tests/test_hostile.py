@@ -920,3 +920,25 @@ def test_a_signal_re_raised_as_a_plain_keyboard_interrupt_keeps_its_exit_code() 
     with pytest.raises(KeyboardInterrupt) as info, signals_interrupt():
         raise KeyboardInterrupt
     assert exit_code_of(info.value) == 130 and describe(info.value) == "interrupted"
+
+
+def test_any_exception_after_a_signal_reports_the_signal() -> None:
+    """A Ctrl-C that cuts an extension module's initialisation short comes out as
+    "ImportError: initialization failed" (CI saw it when SIGINT arrived while ONNX Runtime was
+    being imported): the run was interrupted, and says so with the signal's exit code."""
+    from dnrt.errorline import ErrorLine, guarded
+
+    def call() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises during the sleep
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None  # what such an import does
+
+    with pytest.raises(ErrorLine) as info:
+        guarded(call)
+    assert info.value.exit_code == 130 and info.value.format_message() == "interrupted; nothing written"
+    # Without a signal, the same exception is a bug report as before.
+    with pytest.raises(ErrorLine) as info:
+        guarded(lambda: (_ for _ in ()).throw(ImportError("initialization failed")))
+    assert info.value.exit_code == 1 and "unexpected ImportError" in info.value.format_message()

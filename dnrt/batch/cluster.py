@@ -98,14 +98,14 @@ def connect(address: str | None, *, timeout: float | None = None) -> bool:
         raise DnrtError(
             "Ray Client addresses (ray://) are not supported; give the head's GCS address HOST:PORT"
         )
-    ray = _import_ray(local=address in (None, "", LOCAL))
+    local = address in (None, "", LOCAL)
+    ray = _import_ray(local=local)
     _diagnostics_to_stderr(ray)
     if ray.is_initialized():
         return False
     # Ray's C++ core logs its connection retries on stderr as warnings; errors still show.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
-    local = address in (None, "", LOCAL)
     if local:
         # A fresh local cluster sized to this machine: "local" says so to Ray, which otherwise
         # joins whatever RAY_ADDRESS or the last `ray start` on this machine names.

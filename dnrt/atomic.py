@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from dnrt.errors import DnrtError
@@ -121,6 +122,26 @@ def create_temp_dir(dest: Path, marker: str = TEMP_MARKER) -> Path:
             raise DnrtError(f"cannot create a folder in {_q(folder)}: {exc.strerror or exc}") from None
         return temp
     raise DnrtError(f"cannot create a temporary folder in {_q(folder)}")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def new_temp(dest: Path, marker: str = TEMP_MARKER, *, folder: bool = False) -> Iterator[Path]:
+    """A new temporary file (``folder``: folder) beside ``dest``, removed when the block ends
+    unless the block renamed it into place. A termination signal during its creation waits
+    until the path is held here (:func:`dnrt.interrupts.deferred`), so no exit path leaves it."""
+    from dnrt.interrupts import deferred
+
+    temp: Path | None = None
+    try:
+        with deferred():
+            temp = create_temp_dir(dest, marker) if folder else create_temp(dest, marker)
+        yield temp
+    finally:
+        if temp is not None:
+            if folder:
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                remove_quietly(temp)
 
 
 def current_umask() -> int:
@@ -276,12 +297,8 @@ def write_file_atomic(path: os.PathLike[str] | str, data: bytes | str) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` as a whole: into a temporary beside it, then one
     rename over whatever is there. Readers see the old file or the new one, never a part."""
     dest = Path(path)
-    temp = create_temp(dest)
-    try:
+    with new_temp(dest) as temp:
         with open(temp, "wb") as out:
             out.write(data.encode() if isinstance(data, str) else data)
         _fsync(temp)
         os.replace(temp, dest)
-    except BaseException:
-        remove_quietly(temp)
-        raise

@@ -326,7 +326,7 @@ def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
 
     trtexec --onnx=OUT --dynamicPlugins=libdnrt_trt_plugin.so
     """
-    from dnrt.atomic import commit, create_temp, remove_quietly, remove_stale_temps
+    from dnrt.atomic import commit, new_temp, remove_stale_temps
     from dnrt.bundle import load_bundle
     from dnrt.runtime.backends.trt import prepare_onnx_for_tensorrt
 
@@ -336,14 +336,12 @@ def trt_onnx_command(model: Path, output: Path, overwrite: bool) -> None:
     graph = bundle.dense_graph
     data = prepare_onnx_for_tensorrt(graph.read_bytes(), bundle.path, str(graph))
     remove_stale_temps(output)
-    tmp = create_temp(output)
-    try:
-        tmp.write_bytes(data)
-        commit(tmp, output, overwrite)
-    except OSError as exc:
-        raise DnrtError(f"cannot write {output}: {exc.strerror}") from None
-    finally:
-        remove_quietly(tmp)
+    with new_temp(output) as tmp:
+        try:
+            tmp.write_bytes(data)
+            commit(tmp, output, overwrite)
+        except OSError as exc:
+            raise DnrtError(f"cannot write {output}: {exc.strerror}") from None
     click.echo(f"wrote {output}: DenseNorm nodes tagged plugin_namespace=dnrt, function body removed")
 
 

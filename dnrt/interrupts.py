@@ -47,6 +47,10 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: Depth of :func:`deferred` blocks on the main thread, and the signal held back meanwhile.
+_defer_depth = 0
+_held: int | None = None
+
 #: The signal the latest :func:`signals_interrupt` block turned into an exception (None: none).
 #: Some native libraries (Ray's waits among them) catch the exception a signal handler raises
 #: and raise a plain KeyboardInterrupt instead; the signal that started it is still this one.
@@ -97,11 +101,14 @@ def signals_interrupt() -> Iterator[None]:
     received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        global _last_signal
+        global _last_signal, _held
         if received:  # already unwinding: let the clean-up finish
             return
         received.append(signum)
         _last_signal = signum
+        if _defer_depth:  # inside deferred(): raised when that block ends
+            _held = signum
+            return
         raise Interrupted(signum)
 
     previous: dict[int, Any] = {}
@@ -117,3 +124,25 @@ def signals_interrupt() -> Iterator[None]:
         for signum, old in previous.items():
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a termination signal back until the block ends, then raise it as usual.
+
+    For the few steps that must not be split: creating a temporary file and handing it to what
+    removes it again (a signal in between would leave the file behind). Only the main thread's
+    blocks defer (the handlers run there); elsewhere this is a no-op.
+    """
+    global _defer_depth, _held
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _defer_depth += 1
+    try:
+        yield
+    finally:
+        _defer_depth -= 1
+        if _defer_depth == 0 and _held is not None:
+            signum, _held = _held, None
+            raise Interrupted(signum)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import onnx
 import torch
 
 import dnrt
-from dnrt.atomic import apply_umask, commit_dir, create_temp_dir, remove_stale_temps
+from dnrt.atomic import apply_umask, commit_dir, new_temp, remove_stale_temps
 from dnrt.bundle import COLLECT_GRAPH, DENSE_GRAPH, MANIFEST, STATS_GRAPH, WEIGHTS, Manifest
 from dnrt.errors import DnrtError
 from dnrt.export.onnx_export import export_dense_graph, export_stats_graph, statistics_only
@@ -92,8 +91,7 @@ def write_bundle(
 
     remove_stale_temps(out)  # left by an export that was killed (SIGKILL, power cut)
     # 0o777 less the umask, like any new folder: mkdtemp's 0o700 would survive the rename.
-    tmp = create_temp_dir(out)
-    try:
+    with new_temp(out, folder=True) as tmp:
         log(f"exporting stats graph ({len(model.layers)} norm layers, {model.total_channels} channels)")
         stats = export_stats_graph(model, manifest.in_channels, manifest.opset)
         onnx.save(stats, str(tmp / STATS_GRAPH))
@@ -120,9 +118,6 @@ def write_bundle(
         for path in tmp.iterdir():
             apply_umask(path)  # safetensors writes 0o600
         commit_dir(tmp, out)  # an existing bundle is moved aside first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest, result
 
 

@@ -547,6 +547,7 @@ class Translator:
         resolution: dict[str, Any] | None = None,
         tissue_mask: str | os.PathLike | None = None,
     ) -> TranslateReport:
+        from dnrt.interrupts import deferred
         from dnrt.runtime.io import open_writer
         from dnrt.runtime.io.intensity import prepare_source
 
@@ -562,19 +563,23 @@ class Translator:
         estimate = self._preflight(source, plan, output, options)
         # The model loads in _run, under the progress bar (a TensorRT build can take minutes);
         # a failure there aborts the writer like any other.
-        writer = open_writer(
-            output,
-            source.height,
-            source.width,
-            self.bundle.manifest.out_channels,
-            tile=options.writer_tile,
-            compression=options.compression,
-            pyramid=options.pyramid,
-            source=source,
-            overwrite=options.overwrite,
-            fmt=options.output_format,
-        )
+        writer = None
         try:
+            # A signal while the writer creates its temporary waits until the writer is here to
+            # abort it (dnrt.interrupts.deferred).
+            with deferred():
+                writer = open_writer(
+                    output,
+                    source.height,
+                    source.width,
+                    self.bundle.manifest.out_channels,
+                    tile=options.writer_tile,
+                    compression=options.compression,
+                    pyramid=options.pyramid,
+                    source=source,
+                    overwrite=options.overwrite,
+                    fmt=options.output_format,
+                )
             # The writer's close() (the atomic rename) runs inside _run, timed as writing.
             return self._run(
                 source,
@@ -588,7 +593,8 @@ class Translator:
                 resolution=resolution,
             )
         except BaseException:
-            writer.abort()  # Ctrl-C included: the temporary file goes, the destination is untouched
+            if writer is not None:  # Ctrl-C included: the temporary goes, the destination is untouched
+                writer.abort()
             raise
 
 

@@ -386,14 +386,10 @@ def write_mask_png(mask: TissueMask, path: os.PathLike[str] | str, overwrite: bo
     """Write :meth:`TissueMask.png` to ``path`` atomically (a temporary beside it, renamed when whole)."""
     from PIL import Image
 
-    from dnrt.atomic import commit, create_temp, remove_quietly
+    from dnrt.atomic import commit, new_temp
 
     dest = Path(path)
-    temp = create_temp(dest)
-    try:
+    with new_temp(dest) as temp:
         Image.fromarray(mask.png()).save(temp, format="PNG")
         commit(temp, dest, overwrite)
-    except BaseException:
-        remove_quietly(temp)
-        raise
     return dest

@@ -942,3 +942,74 @@ def test_any_exception_after_a_signal_reports_the_signal() -> None:
     with pytest.raises(ErrorLine) as info:
         guarded(lambda: (_ for _ in ()).throw(ImportError("initialization failed")))
     assert info.value.exit_code == 1 and "unexpected ImportError" in info.value.format_message()
+
+
+def test_a_signal_while_the_temporary_is_created_leaves_nothing(
+    work: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM between the temporary's creation and its hand-over to what removes it (CI once
+    left `.slide1.tif.dnrt-tmp-…` that way): the signal is held until the writer exists."""
+    from dnrt import atomic
+    from dnrt.errorline import ErrorLine, guarded
+    from dnrt.runtime.api import Translator
+
+    create = atomic.create_temp
+
+    def create_then_signal(dest: Path, *args: object) -> Path:
+        temp = create(dest, *args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # an undeferred handler raises here, before the path is handed back
+        return temp
+
+    translator = Translator(bundle, mode="dn")
+    monkeypatch.setattr("dnrt.runtime.io.writer.create_temp", create_then_signal)
+    try:
+        with pytest.raises(ErrorLine) as info:
+            guarded(lambda: translator.translate_file(work / "in.tif", work / "o.tif"))
+    finally:
+        translator.close()
+    assert info.value.exit_code == 143
+    assert _files(work) == {"in.tif"}
+
+
+def test_deferred_holds_a_signal_until_the_block_ends() -> None:
+    from dnrt.interrupts import Interrupted, deferred, signals_interrupt
+
+    steps: list[str] = []
+    with pytest.raises(Interrupted) as info, signals_interrupt():
+        with deferred():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)
+            steps.append("block finished")
+        steps.append("after the block")  # not reached: raised as the block ends
+    assert steps == ["block finished"] and info.value.signum == signal.SIGHUP
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_new_temp_keeps_a_signal_from_orphaning_its_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: bool
+) -> None:
+    """Every other writer (atomic files, the tissue mask, trt-onnx, export's bundle folder)
+    creates its temporary through dnrt.atomic.new_temp: a signal arriving as it is created is
+    held until the temporary is in hand, then removes it on the way out."""
+    from dnrt import atomic
+    from dnrt.errorline import ErrorLine, guarded
+
+    name = "create_temp_dir" if folder else "create_temp"
+    create = getattr(atomic, name)
+
+    def create_then_signal(dest: Path, *args: object) -> Path:
+        temp = create(dest, *args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # an undeferred handler raises here, before the path is handed back
+        return temp
+
+    monkeypatch.setattr(atomic, name, create_then_signal)
+
+    def write() -> None:
+        with atomic.new_temp(tmp_path / "out", folder=folder):
+            raise AssertionError("not reached: the held signal is raised as the temporary is handed over")
+
+    with pytest.raises(ErrorLine) as info:
+        guarded(write)
+    assert info.value.exit_code == 143 and list(tmp_path.iterdir()) == []

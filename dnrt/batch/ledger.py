@@ -94,7 +94,7 @@ class Ledger:
     def open(self) -> Ledger:
         import fcntl
 
-        from dnrt.atomic import create_temp, remove_quietly
+        from dnrt.atomic import new_temp
 
         try:
             self._lock_fd = os.open(self.out_dir, os.O_RDONLY)
@@ -111,11 +111,11 @@ class Ledger:
             ) from None
         # Writability proven by writing (root passes os.access on read-only folders), nothing left.
         try:
-            probe = create_temp(self.path)
+            with new_temp(self.path):
+                pass
         except DnrtError:
             self.close()
             raise DnrtError(f"output folder '{self.out_dir}' is not writable") from None
-        remove_quietly(probe)
         self.records = read_records(self.path)
         return self
 

@@ -190,16 +190,13 @@ def synthetic_pair(
     directory.mkdir(parents=True, exist_ok=True)
     log(f"generating the synthetic slide {height} x {width} (seed {seed}, {conditions.name}) in {directory}")
     # Written in a private folder and moved in place, so a cache is never half written.
-    from dnrt.atomic import commit, create_temp_dir, remove_stale_temps
+    from dnrt.atomic import commit, new_temp, remove_stale_temps
 
     remove_stale_temps(he)
-    tmp = create_temp_dir(he)
-    try:
+    with new_temp(he, folder=True) as tmp:
         a, b = write_pair(tmp, seed, height, width, scanner=conditions)
         commit(Path(a), he, overwrite=True)
         commit(Path(b), ihc, overwrite=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return he, ihc
 
 
